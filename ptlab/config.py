@@ -1,0 +1,139 @@
+"""Trial configuration: everything one trial needs, immutable and hashable.
+
+A trial is a pure function of its TrialConfig. The config's hash names its
+row in the results store, its checkpoint folder and (through the parts that
+matter to the image encoder) its feature cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+NoiseType = Literal["none", "symmetric", "pair", "confusion", "ptnl"]
+LossName = Literal["ce", "gce", "mae", "sce", "nce_rce"]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TrainConfig(Frozen):
+    """Optimisation recipe; defaults are CoOp's published ones."""
+
+    epochs: int = Field(50, ge=0)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.002, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = Field(1, ge=0)
+    warmup_lr: float = Field(1e-5, ge=0)
+    # Augmented views per training image whose features are computed once and
+    # cached; 0 runs live random-resized-crop + flip through the encoder.
+    views: int = Field(8, ge=0)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    eval_every: int = Field(1, ge=1)
+
+
+class DataConfig(Frozen):
+    """Options of the dataset source."""
+
+    root: str | None = None  # data root for coop:/torchvision: sources (else $PTLAB_DATA)
+    domain: str = "photo"  # world: drawing style of every split
+    imbalance: float = Field(100.0, ge=1)  # world long-tailed tasks: n_max / n_min
+    val_shots: int | None = None  # default min(shots, 4)
+
+
+class TrialConfig(Frozen):
+    method: str = "coop"
+    backbone: str = "world:tiny-rn"
+    dataset: str = "world:shapes"
+    data: DataConfig = DataConfig()
+    shots: int = Field(16, ge=0)  # 0 = the full training split
+    seed: int = 1
+    # label noise
+    noise_type: NoiseType = "none"
+    noise_rate: float = Field(0.0, ge=0, lt=1)
+    # loss
+    loss: LossName = "ce"
+    gce_q: float = Field(0.7, gt=0, le=1)
+    sce_alpha: float = Field(0.1, ge=0)
+    sce_beta: float = Field(1.0, ge=0)
+    # prompt learner
+    n_ctx: int = Field(16, ge=0)
+    ctx_init: str = ""  # phrase such as "a photo of a"; sets n_ctx to its word count
+    class_token_position: Literal["end", "middle", "front"] = "end"
+    csc: bool = False
+    learn_classnames: bool = False  # also learn the class-name token embeddings
+    # zero-shot text side
+    template: str | None = None  # None = the dataset's own template
+    templates: Literal["single", "ensemble7", "ensemble80"] = "single"
+    # execution
+    train: TrainConfig = TrainConfig()
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    device: str = "auto"
+    method_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _noise_needs_type(self) -> TrialConfig:
+        if self.noise_rate > 0 and self.noise_type == "none":
+            raise ValueError("noise_rate > 0 needs a noise_type (symmetric, pair, confusion or ptnl)")
+        return self
+
+    def __hash__(self) -> int:
+        return hash(self.trial_id)
+
+    def canonical(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def trial_id(self) -> str:
+        """Short content hash: equal configs, equal id, on every machine."""
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def with_updates(self, updates: dict[str, Any]) -> TrialConfig:
+        """A copy with dotted-path updates applied, e.g. {"train.lr": 0.01, "gce_q": 0.5}."""
+        data = self.canonical()
+        for path, value in updates.items():
+            node = data
+            *parents, leaf = path.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return TrialConfig.model_validate(data)
+
+
+class ConfigError(ValueError):
+    """A config file that does not validate; the message names file, field and fix."""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid trial config"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  field {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_trial_config(path: str | Path) -> TrialConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: no such trial config file") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a trial config is a mapping of fields (method, backbone, dataset, ...)")
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, str(path))) from err

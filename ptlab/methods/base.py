@@ -1,0 +1,121 @@
+"""What every method recipe takes and returns.
+
+A recipe is `run(cfg, ctx) -> TrialRecord`. The context carries everything
+that depends on where the trial runs (device, cache folder, how to report an
+epoch, how to checkpoint); the same recipe runs from the CLI, from a test and
+inside a Ray worker.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptlab.config import TrialConfig
+
+STATUS_COMPLETED = "completed"
+STATUS_NAN = "flagged_nan"
+STATUS_COLLAPSED = "flagged_collapse"
+STATUS_FAILED = "failed"
+STATUS_PRUNED = "pruned"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PTLAB_CACHE", Path.home() / ".cache" / "ptlab"))
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} was asked for but CUDA is not available here; use device: auto or cpu")
+    return device
+
+
+@dataclass
+class TrialContext:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    report: Callable[[int, dict[str, float]], None] = lambda epoch, metrics: None
+    # Checkpointing: `save_checkpoint(epoch, state)` persists a resumable state;
+    # `resume_state` is the last one saved, handed back after a retry.
+    save_checkpoint: Callable[[int, dict[str, Any]], None] | None = None
+    resume_state: dict[str, Any] | None = None
+    log: Callable[[str], None] = lambda message: None
+
+    @classmethod
+    def for_config(cls, cfg: TrialConfig, **kwargs) -> TrialContext:
+        return cls(device=pick_device(cfg.device), **kwargs)
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    curves: list[dict[str, float]] = field(default_factory=list)
+    status: str = STATUS_COMPLETED
+    error: str = ""
+    # Per-class and other structured outputs (kept beside the flat metrics).
+    details: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)
+
+
+def _git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance() -> dict[str, str]:
+    import open_clip
+
+    import ptlab
+
+    versions = {
+        "ptlab": getattr(ptlab, "__version__", ""),
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+    }
+    try:
+        import ray
+
+        versions["ray"] = ray.__version__
+    except ImportError:
+        versions["ray"] = ""
+    return versions
+
+
+def sanity_status(metrics: dict[str, float], curves: list[dict[str, float]], n_classes: int) -> str:
+    """Flag runs that no average should silently include: NaN losses and chance-level collapse."""
+    losses = [c.get("loss") for c in curves if c.get("loss") is not None]
+    if any(not math.isfinite(v) for v in losses):
+        return STATUS_NAN
+    acc = metrics.get("test_acc")
+    if acc is not None and n_classes > 1 and acc <= 1.5 * 100.0 / n_classes:
+        return STATUS_COLLAPSED
+    return STATUS_COMPLETED
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,176 @@
+"""Deterministic contrastive pretraining of the tiny world CLIPs.
+
+`ptlab world pretrain --backbone tiny-rn` reproduces the shipped weights: a
+fixed pool of rendered images, captions drawn from a seeded generator, AdamW
+with a one-cycle schedule, and a fixed number of torch threads (CPU float
+reductions depend on the thread count, so the count is part of the recipe).
+
+The loss is CLIP's symmetric cross-entropy with one change that matters for
+a world of few concepts: a batch holds many images that one caption describes
+truthfully ("a red shape." fits every red image), so every such pair is a
+positive and the targets spread evenly over them, instead of treating true
+descriptions as negatives.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from ptlab.models.backbone import CLIP_MEAN, CLIP_STD, WORLD_ASSETS
+from ptlab.world.captions import caption, positives
+from ptlab.world.render import DOMAINS, Attributes, render
+from ptlab.world.tasks import ATTRIBUTE_VALUES, PRETRAIN_SEED_BASE
+
+TEXT_CFG = {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 4}
+MODEL_CFGS = {
+    "tiny-vit": {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "patch_size": 4, "head_width": 64},
+        "text_cfg": TEXT_CFG,
+    },
+    "tiny-rn": {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 32, "patch_size": None},
+        "text_cfg": TEXT_CFG,
+    },
+}
+DOMAIN_MIX = {"photo": 0.8, "outline": 0.1, "pixel": 0.1}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    backbone: str = "tiny-rn"
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    pool_size: int = 40_000
+    seed: int = 0
+    threads: int = 2
+
+
+def _pool(cfg: PretrainConfig) -> Attributes:
+    rng = np.random.default_rng(cfg.seed)
+    n = cfg.pool_size
+    columns = {a: rng.integers(0, len(v), n) for a, v in ATTRIBUTE_VALUES.items() if a != "domain"}
+    columns["domain"] = rng.choice(len(DOMAINS), n, p=[DOMAIN_MIX[d] for d in DOMAINS])
+    columns["seed"] = PRETRAIN_SEED_BASE + (cfg.seed << 32) + np.arange(n)
+    return Attributes(**columns)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> CLIP-normalised float (N, 3, H, W)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def soft_contrastive_loss(logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    """logits (B_img, B_txt); match[i, j] = caption j is true of image i (diagonal always true)."""
+    img_targets = match / match.sum(1, keepdim=True)
+    txt_targets = match.T / match.T.sum(1, keepdim=True)
+    loss_img = -(img_targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+    loss_txt = -(txt_targets * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+    return (loss_img + loss_txt) / 2
+
+
+def build_model(backbone: str, seed: int) -> open_clip.CLIP:
+    torch.manual_seed(seed)
+    return open_clip.CLIP(**MODEL_CFGS[backbone])
+
+
+def pretrain(cfg: PretrainConfig, log=print) -> tuple[open_clip.CLIP, dict]:
+    """Train one tiny CLIP; returns the model and a record of the run."""
+    torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True)
+    start = time.time()
+    pool = _pool(cfg)
+    images = to_tensor(render(pool))
+    log(f"rendered {len(pool)} pretraining images in {time.time() - start:.1f}s")
+    model = build_model(cfg.backbone, cfg.seed)
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=TEXT_CFG["context_length"])
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    rng = np.random.default_rng(cfg.seed + 1)
+    token_cache: dict[str, torch.Tensor] = {}
+    model.train()
+    losses = []
+    for step in range(cfg.steps):
+        index = rng.choice(len(pool), cfg.batch_size, replace=False)
+        texts, claims = zip(*(caption(pool, int(i), rng) for i in index))
+        missing = [t for t in set(texts) if t not in token_cache]
+        if missing:
+            token_cache.update(zip(missing, tokenizer(missing)))
+        tokens = torch.stack([token_cache[t] for t in texts])
+        match = torch.from_numpy(positives(np.stack(claims), pool, index).T).float()
+        img = F.normalize(model.encode_image(images[index]), dim=-1)
+        txt = F.normalize(model.encode_text(tokens), dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.T
+        loss = soft_contrastive_loss(logits, match)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, np.log(100))
+        losses.append(loss.detach().item())
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log(f"step {step:5d}  loss {np.mean(losses[-100:]):.4f}  {time.time() - start:.0f}s")
+    model.eval()
+    record = {
+        "config": asdict(cfg),
+        "model_cfg": MODEL_CFGS[cfg.backbone],
+        "wall_time_s": round(time.time() - start, 1),
+        "final_loss": float(np.mean(losses[-100:])),
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "machine": platform.machine(),
+    }
+    return model, record
+
+
+def used_token_ids(tokenizer, sample: int = 4000) -> torch.Tensor:
+    """Every token id that world captions and task prompts produce (from a large caption sample)."""
+    from ptlab.world.tasks import TASKS
+
+    pool = _pool(PretrainConfig(pool_size=sample, seed=12345))
+    rng = np.random.default_rng(0)
+    texts = [caption(pool, i, rng)[0] for i in range(sample)]
+    texts += [t.template.format(c) for t in TASKS.values() for c in t.classnames]
+    return torch.unique(tokenizer(texts))
+
+
+def save(model: open_clip.CLIP, backbone: str, record: dict, folder: Path | None = None) -> Path:
+    """Write open_clip's local-dir layout; unused token rows are zeroed so the file compresses."""
+    from safetensors.torch import save_file
+
+    folder = folder or WORLD_ASSETS / backbone
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=TEXT_CFG["context_length"])
+    keep = used_token_ids(tokenizer)
+    emb = torch.zeros_like(state["token_embedding.weight"])
+    emb[keep] = state["token_embedding.weight"][keep]
+    state["token_embedding.weight"] = emb
+    state.pop("attn_mask", None)
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    config = {
+        "model_cfg": MODEL_CFGS[backbone],
+        "preprocess_cfg": {"size": 32, "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "interpolation": "bicubic"},
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
