@@ -107,7 +107,7 @@ def _create(model_name: str, pretrained: str | None, precision: str, quick_gelu:
         return open_clip.create_model(
             model_name, pretrained=pretrained, precision=precision, force_quick_gelu=quick_gelu, cache_dir=_cache_dir()
         )
-    except (RuntimeError, ValueError, KeyError, OSError, EOFError) as err:
+    except Exception as err:  # a damaged file surfaces as any of pickle's, zip's or torch's errors
         if pretrained and Path(pretrained).is_file() or model_name.startswith("local-dir:"):
             where = pretrained or model_name.removeprefix("local-dir:")
             raise BackboneError(

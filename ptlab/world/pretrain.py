@@ -58,6 +58,13 @@ class PretrainConfig:
     threads: int = 2
 
 
+# The recipes that produced the shipped weights (one thread each, run side by side).
+SHIPPED_RECIPES = {
+    "tiny-rn": PretrainConfig(backbone="tiny-rn", steps=3000, threads=1),
+    "tiny-vit": PretrainConfig(backbone="tiny-vit", steps=2500, threads=1),
+}
+
+
 def _pool(cfg: PretrainConfig) -> Attributes:
     rng = np.random.default_rng(cfg.seed)
     n = cfg.pool_size

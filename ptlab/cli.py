@@ -1,0 +1,120 @@
+"""The `ptlab` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Robustness and hyperparameter studies of prompt tuning on CLIP models.")
+trial_app = typer.Typer(no_args_is_help=True, help="Run one trial without Ray (the debugging path).")
+world_app = typer.Typer(no_args_is_help=True, help="The embedded image world and its tiny pretrained CLIPs.")
+app.add_typer(trial_app, name="trial")
+app.add_typer(world_app, name="world")
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@trial_app.command("run")
+def trial_run(
+    config: Path = typer.Option(..., "--config", "-c", help="Trial config YAML (fields of ptlab.config.TrialConfig)."),
+    cache_dir: Path = typer.Option(None, help="Feature cache folder (default $PTLAB_CACHE or ~/.cache/ptlab)."),
+    output: Path = typer.Option(None, "--output", "-o", help="Also write the trial record as JSON here."),
+    quiet: bool = typer.Option(False, help="Print only the final metrics."),
+):
+    """Run one trial of any method and print its metrics."""
+    from dataclasses import asdict
+
+    from ptlab.config import ConfigError, load_trial_config
+    from ptlab.methods import run_trial
+    from ptlab.methods.base import TrialContext
+
+    try:
+        cfg = load_trial_config(config)
+    except ConfigError as err:
+        _fail(str(err))
+
+    def report(epoch: int, metrics: dict) -> None:
+        if not quiet:
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
+            typer.echo(f"epoch {epoch:3d}  {shown}")
+
+    ctx = TrialContext.for_config(cfg, report=report, log=lambda m: None if quiet else typer.echo(m))
+    if cache_dir:
+        ctx.cache_dir = cache_dir
+    record = run_trial(cfg, ctx)
+    typer.echo(f"trial {record.trial_id}  method {cfg.method}  status {record.status}")
+    for key, value in record.metrics.items():
+        typer.echo(f"  {key:>18}: {value:.4f}" if isinstance(value, float) else f"  {key:>18}: {value}")
+    if output:
+        output.write_text(json.dumps(asdict(record), indent=2, default=str))
+
+
+@world_app.command("pretrain")
+def world_pretrain(
+    backbone: str = typer.Option("tiny-rn", help="tiny-rn or tiny-vit."),
+    steps: int = typer.Option(None, help="Optimisation steps (default: the shipped recipe's)."),
+    out: Path = typer.Option(None, help="Folder for the weights (default: overwrite the shipped ones)."),
+    threads: int = typer.Option(None, help="Torch threads; results are reproducible for a fixed count."),
+    skip_card: bool = typer.Option(False, help="Do not measure zero-shot accuracies for the model card."),
+):
+    """Pretrain a tiny CLIP on world captions, save it in open_clip's local-dir layout, write its model card."""
+    from dataclasses import replace
+
+    from ptlab.world.card import write_card, zero_shot_table
+    from ptlab.world.pretrain import MODEL_CFGS, SHIPPED_RECIPES, pretrain, save
+
+    if backbone not in MODEL_CFGS:
+        _fail(f"--backbone {backbone!r}: expected one of {', '.join(MODEL_CFGS)}")
+    cfg = SHIPPED_RECIPES[backbone]
+    if steps is not None:
+        cfg = replace(cfg, steps=steps)
+    if threads is not None:
+        cfg = replace(cfg, threads=threads)
+    model, record = pretrain(cfg, log=typer.echo)
+    folder = save(model, backbone, record, out)
+    typer.echo(f"saved {folder}")
+    if not skip_card:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            source = f"local-dir:{folder}" if out else f"world:{backbone}"
+            table = zero_shot_table(source, Path(tmp))
+        card = write_card(backbone, record, table, folder)
+        typer.echo(f"model card {card}: {json.dumps(table)}")
+
+
+@world_app.command("show")
+def world_show(
+    task: str = typer.Option("shapes", help="World task."),
+    domain: str = typer.Option("photo", help="photo, outline or pixel."),
+    out: Path = typer.Option(Path("world.png"), help="PNG file to write."),
+    count: int = typer.Option(40, help="How many test images."),
+):
+    """Render a grid of a task's test images with their class names."""
+    import numpy as np
+    from PIL import Image
+
+    from ptlab.config import DataConfig
+    from ptlab.data.sources import DataError, load_dataset
+
+    try:
+        bundle = load_dataset(f"world:{task}", DataConfig(domain=domain))
+    except DataError as err:
+        _fail(str(err))
+    split = bundle.split("test")
+    pick = np.linspace(0, len(split) - 1, count).astype(int)
+    cols = 10
+    rows = (count + cols - 1) // cols
+    size = 96
+    sheet = Image.new("RGB", (cols * size, rows * size), "white")
+    for k, i in enumerate(pick):
+        sheet.paste(split.images.load(int(i)).resize((size, size), Image.NEAREST), ((k % cols) * size, (k // cols) * size))
+    sheet.save(out)
+    names = [bundle.classnames[split.labels[i]] for i in pick]
+    typer.echo(f"wrote {out}: {', '.join(names)}")
+

@@ -1,0 +1,52 @@
+"""Method recipes, by name. `run_trial` is the one entry point every runner uses."""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+
+from ptlab.config import TrialConfig
+from ptlab.methods.base import STATUS_FAILED, Timer, TrialContext, TrialRecord, provenance
+
+# name -> module whose `run(cfg, ctx) -> TrialRecord` is the recipe; modules load
+# on first use so that `ptlab --help` and study validation stay fast.
+METHODS: dict[str, str] = {
+    "zeroshot": "ptlab.methods.zeroshot",
+    "coop": "ptlab.methods.coop",
+}
+# Metrics each method reports per epoch or at the end, for validating study metrics.
+METHOD_METRICS: dict[str, tuple[str, ...]] = {
+    "zeroshot": ("test_acc", "test_macro_acc", "val_acc"),
+    "coop": ("test_acc", "test_macro_acc", "val_acc", "train_loss", "train_acc_noisy", "train_acc_true"),
+}
+
+
+class UnknownMethod(KeyError):
+    pass
+
+
+def recipe(name: str):
+    if name not in METHODS:
+        raise UnknownMethod(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return importlib.import_module(METHODS[name]).run
+
+
+def run_trial(cfg: TrialConfig, ctx: TrialContext | None = None, catch: bool = False) -> TrialRecord:
+    """Run one trial; with catch=True an exception becomes a failed record instead of propagating."""
+    ctx = ctx or TrialContext.for_config(cfg)
+    timer = Timer()
+    try:
+        record = recipe(cfg.method)(cfg, ctx)
+    except Exception as err:
+        if not catch:
+            raise
+        record = TrialRecord(
+            cfg.trial_id,
+            cfg.canonical(),
+            {},
+            status=STATUS_FAILED,
+            error=f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}",
+        )
+    record.timings.setdefault("recipe_s", round(timer.elapsed(), 3))
+    record.provenance = provenance()
+    return record

@@ -1,0 +1,164 @@
+"""CoOp: learn the prompt context on K shots per class, encoders frozen.
+
+Image features come from the feature cache (V augmented views per training
+image, or live augmentation through the encoder when V = 0); only the text
+tower runs in the loop, on prompts cut after their EOT token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ptlab.config import TrialConfig
+from ptlab.losses import make_loss
+from ptlab.methods.base import TrialContext, TrialRecord, sanity_status
+from ptlab.methods.schedule import epoch_lr, make_optimizer, set_lr
+from ptlab.methods.supervision import SupervisedSetup, prepare_supervised
+from ptlab.metrics import accuracy, mean_per_class_accuracy, per_class_accuracy
+from ptlab.models.prompt import PromptDesign, PromptLearner
+
+
+def prompt_design(cfg: TrialConfig) -> PromptDesign:
+    return PromptDesign(
+        n_ctx=cfg.n_ctx,
+        ctx_init=cfg.ctx_init,
+        position=cfg.class_token_position,
+        csc=cfg.csc,
+        learn_context=bool(cfg.method_options.get("learn_context", True)),
+        learn_classnames=cfg.learn_classnames,
+    )
+
+
+def loss_for(cfg: TrialConfig):
+    return make_loss(cfg.loss, q=cfg.gce_q, alpha=cfg.sce_alpha, beta=cfg.sce_beta)
+
+
+class TrainingLoop:
+    """One epoch at a time over cached (or live) image features; shared by the prompt-tuning variants."""
+
+    def __init__(self, cfg: TrialConfig, ctx: TrialContext, setup: SupervisedSetup, classifier: torch.nn.Module):
+        self.cfg, self.ctx, self.setup, self.classifier = cfg, ctx, setup, classifier
+        self.loss_fn = loss_for(cfg)
+        self.optimizer = make_optimizer(classifier.parameters(), cfg.train)
+        self.rng = np.random.default_rng([cfg.seed, 0x0C00])
+        self.start_epoch = 0
+        self.curves: list[dict[str, float]] = []
+        if ctx.resume_state:
+            self._restore(ctx.resume_state)
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(image_features)
+
+    def _restore(self, state: dict) -> None:
+        self.classifier.load_state_dict(state["classifier"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.start_epoch = int(state["epoch"])
+        self.curves = list(state["curves"])
+
+    def _state(self, epoch: int) -> dict:
+        trainable = {k: v for k, v in self.classifier.state_dict().items() if k in self._trainable_names()}
+        return {
+            "classifier": trainable,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "epoch": epoch,
+            "curves": self.curves,
+        }
+
+    def _trainable_names(self) -> set[str]:
+        return {n for n, p in self.classifier.named_parameters() if p.requires_grad}
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        s, train = self.setup, self.cfg.train
+        lr = epoch_lr(epoch, train)
+        set_lr(self.optimizer, lr)
+        self.classifier.train()
+        order = self.rng.permutation(len(s.train_labels))
+        total_loss, correct_noisy, correct_true = 0.0, 0, 0
+        for start in range(0, len(order), train.batch_size):
+            batch = order[start : start + train.batch_size]
+            feats = s.train_batch(batch, self.rng).to(self.ctx.device)
+            logits = self.logits(feats)
+            target = torch.from_numpy(s.train_labels[batch]).to(self.ctx.device)
+            loss = self.loss_fn(logits, target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            pred = logits.detach().argmax(-1).cpu().numpy()
+            total_loss += float(loss.detach()) * len(batch)
+            correct_noisy += int((pred == s.train_labels[batch]).sum())
+            correct_true += int((pred == s.train_true_labels[batch]).sum())
+        n = max(len(order), 1)
+        return {
+            "train_loss": total_loss / n,
+            "train_acc_noisy": 100.0 * correct_noisy / n,
+            "train_acc_true": 100.0 * correct_true / n,
+            "lr": lr,
+        }
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor) -> np.ndarray:
+        self.classifier.eval()
+        out = [self.logits(features[i : i + 4096].to(self.ctx.device)).argmax(-1).cpu() for i in range(0, len(features), 4096)]
+        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+    def fit(self) -> list[dict[str, float]]:
+        s, train = self.setup, self.cfg.train
+        for epoch in range(self.start_epoch, train.epochs):
+            metrics = self.train_epoch(epoch)
+            last = epoch + 1 == train.epochs
+            if s.val_features is not None and ((epoch + 1) % train.eval_every == 0 or last):
+                metrics["val_acc"] = accuracy(self.predict(s.val_features), s.val_labels)
+            metrics["epoch"] = epoch + 1
+            self.curves.append(metrics)
+            if not np.isfinite(metrics["train_loss"]):
+                self.ctx.log(f"epoch {epoch + 1}: loss is not finite; stopping this trial")
+                break
+            self.ctx.report(epoch + 1, metrics)
+            if self.ctx.save_checkpoint is not None:
+                self.ctx.save_checkpoint(epoch + 1, self._state(epoch + 1))
+        return self.curves
+
+    def finish(self, extra: dict | None = None) -> TrialRecord:
+        s = self.setup
+        pred = self.predict(s.test_features)
+        metrics = {
+            "test_acc": accuracy(pred, s.test_labels),
+            "test_macro_acc": mean_per_class_accuracy(pred, s.test_labels, s.n_classes),
+            "epochs_done": len(self.curves),
+        }
+        for key in ("val_acc", "train_loss", "train_acc_noisy", "train_acc_true"):
+            values = [c[key] for c in self.curves if key in c]
+            if values:
+                metrics[key] = values[-1]
+        metrics.update(s.summary())
+        metrics.update(extra or {})
+        details = {"per_class_acc": per_class_accuracy(pred, s.test_labels, s.n_classes).tolist()}
+        status = sanity_status(metrics, [{"loss": c["train_loss"]} for c in self.curves], s.n_classes)
+        return TrialRecord(self.cfg.trial_id, self.cfg.canonical(), metrics, self.curves, status, details=details)
+
+
+class PromptClassifier(torch.nn.Module):
+    """Cosine classifier whose class weights are the prompt learner's text features."""
+
+    def __init__(self, learner: PromptLearner, scale: torch.Tensor):
+        super().__init__()
+        self.learner = learner
+        self.register_buffer("scale", scale)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        text = self.learner()
+        return self.scale * F.normalize(image_features.float(), dim=-1) @ text.T
+
+
+def run(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
+    setup = prepare_supervised(cfg, ctx)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    learner = PromptLearner(setup.backbone, setup.classnames, prompt_design(cfg), generator)
+    classifier = PromptClassifier(learner, setup.backbone.model.logit_scale.exp().detach().float())
+    loop = TrainingLoop(cfg, ctx, setup, classifier)
+    loop.fit()
+    return loop.finish()

@@ -1,0 +1,45 @@
+"""Zero-shot CLIP: class-name prompts against cached image features."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ptlab.config import TrialConfig
+from ptlab.data.features import FeatureCache
+from ptlab.data.sources import DatasetBundle, load_dataset
+from ptlab.data.templates import resolve_templates
+from ptlab.methods.base import TrialContext, TrialRecord, sanity_status
+from ptlab.metrics import accuracy, mean_per_class_accuracy, per_class_accuracy
+from ptlab.models.backbone import Backbone, load_backbone
+from ptlab.models.text import class_text_features
+
+
+def zero_shot_classifier(backbone: Backbone, bundle: DatasetBundle, cfg: TrialConfig) -> torch.Tensor:
+    templates = resolve_templates(cfg.templates, bundle.template, cfg.template)
+    return class_text_features(backbone, bundle.classnames, templates)
+
+
+def zero_shot_logits(image_features: torch.Tensor, text_features: torch.Tensor, backbone: Backbone) -> torch.Tensor:
+    scale = backbone.model.logit_scale.exp().float()
+    return scale * F.normalize(image_features.float(), dim=-1) @ text_features.to(image_features.device).T
+
+
+def run(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
+    bundle = load_dataset(cfg.dataset, cfg.data)
+    backbone = load_backbone(cfg.backbone, ctx.device, cfg.precision)
+    cache = FeatureCache(ctx.cache_dir, backbone)
+    text = zero_shot_classifier(backbone, bundle, cfg)
+    metrics, details = {}, {}
+    for split in ("val", "test"):
+        if split not in bundle.splits:
+            continue
+        data = bundle.split(split)
+        pred = zero_shot_logits(cache.features(data), text.cpu(), backbone).argmax(-1).numpy()
+        metrics[f"{split}_acc"] = accuracy(pred, data.labels)
+        if split == "test":
+            metrics["test_macro_acc"] = mean_per_class_accuracy(pred, data.labels, bundle.n_classes)
+            details["per_class_acc"] = per_class_accuracy(pred, data.labels, bundle.n_classes).tolist()
+    ctx.log(f"zero-shot {cfg.backbone} on {cfg.dataset}: test {metrics.get('test_acc', float('nan')):.2f}%")
+    status = sanity_status(metrics, [], bundle.n_classes)
+    return TrialRecord(cfg.trial_id, cfg.canonical(), metrics, status=status, details=details)
