@@ -49,6 +49,7 @@ class DataConfig(Frozen):
     domain: str = "photo"  # world: drawing style of every split
     imbalance: float = Field(100.0, ge=1)  # world long-tailed tasks: n_max / n_min
     val_shots: int | None = None  # default min(shots, 4)
+    download: bool = False  # torchvision: sources may fetch a missing dataset only when asked
 
 
 class TrialConfig(Frozen):
