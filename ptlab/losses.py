@@ -1,0 +1,143 @@
+"""Classification losses for training on noisy labels: CE, GCE, MAE, SCE, NCE+RCE.
+
+Every loss takes logits (N, C) and integer targets (N,) and returns the
+batch mean (reduction="mean") or one loss a sample (reduction="none"; the
+gradient-ratio analysis needs per-sample losses). All are computed in
+float32 from log_softmax, whatever the logits' precision, so half-precision
+logits neither overflow the softmax nor lose the small probabilities.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+RCE_LOG_CLAMP = 1e-4  # SCE's clamp on the one-hot label: log 0 becomes log 1e-4
+REDUCTIONS = ("mean", "none")
+
+
+def _log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if logits.ndim != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(
+            f"expected logits (N, C) and targets (N,), got {tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
+    return F.log_softmax(logits.float(), dim=1)
+
+
+def _target_log_prob(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return log_probs.gather(1, targets.long().unsqueeze(1)).squeeze(1)
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+
+
+def _check_q(q: float) -> None:
+    if not 0 < q <= 1:
+        raise ValueError(f"GCE q must be in (0, 1], got {q}")
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    _check_reduction(reduction)
+    return per_sample.mean() if reduction == "mean" else per_sample
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """CE = -log p_y."""
+    return _reduce(-_target_log_prob(_log_probs(logits, targets), targets), reduction)
+
+
+def generalized_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, q: float = 0.7, reduction: str = "mean"
+) -> torch.Tensor:
+    """GCE (Zhang & Sabuncu 2018) = (1 - p_y^q) / q, q in (0, 1]; q -> 0 is CE, q = 1 is MAE.
+
+    p_y^q is evaluated as exp(q * log p_y) in float32. The released PTNL code
+    adds 1e-6 to p_y before the power because d(p^q)/dp is infinite at p = 0,
+    which half-precision softmax reaches; in log space the gradient,
+    q * p_y^q * (onehot - p), stays finite with no offset, so none is added.
+    The value differs from the released code's by at most 1e-6**q / q
+    (9e-5 at q = 0.7), where p_y is near 0.
+    """
+    _check_q(q)
+    log_p_y = _target_log_prob(_log_probs(logits, targets), targets)
+    # -expm1(x) = 1 - e^x without the cancellation that makes small q lose CE's value
+    return _reduce(-torch.expm1(q * log_p_y) / q, reduction)
+
+
+def mean_absolute_error(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """MAE = 1 - p_y (half the L1 distance between p and the one-hot label)."""
+    log_p_y = _target_log_prob(_log_probs(logits, targets), targets)
+    return _reduce(-torch.expm1(log_p_y), reduction)
+
+
+def reverse_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """RCE = -sum_k p_k log q_k, q the one-hot label clamped to [1e-4, 1].
+
+    log q_y = 0 and log q_k = log 1e-4 elsewhere, so RCE = -log(1e-4) * (1 - p_y).
+    """
+    log_p_y = _target_log_prob(_log_probs(logits, targets), targets)
+    return _reduce(-math.log(RCE_LOG_CLAMP) * -torch.expm1(log_p_y), reduction)
+
+
+def symmetric_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.1, beta: float = 1.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """SCE (Wang et al. 2019) = alpha * CE + beta * RCE."""
+    per_sample = alpha * cross_entropy(logits, targets, "none") + beta * reverse_cross_entropy(logits, targets, "none")
+    return _reduce(per_sample, reduction)
+
+
+def normalized_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """NCE (Ma et al. 2020) = -log p_y / sum_k -log p_k, in [0, 1]."""
+    log_probs = _log_probs(logits, targets)
+    return _reduce(_target_log_prob(log_probs, targets) / log_probs.sum(dim=1), reduction)
+
+
+def nce_rce(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0, beta: float = 1.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """NCE+RCE (Ma et al. 2020, "active passive loss") = alpha * NCE + beta * RCE."""
+    per_sample = alpha * normalized_cross_entropy(logits, targets, "none") + beta * reverse_cross_entropy(
+        logits, targets, "none"
+    )
+    return _reduce(per_sample, reduction)
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "ce": cross_entropy,
+    "gce": generalized_cross_entropy,
+    "mae": mean_absolute_error,
+    "sce": symmetric_cross_entropy,
+    "nce_rce": nce_rce,
+}
+
+
+def make_loss(name: str, reduction: str = "mean", **params: float) -> Loss:
+    """The loss `name` (a key of LOSSES) with its parameters bound: loss(logits, targets).
+
+    Parameters: gce q; sce alpha, beta; nce_rce alpha, beta. An unknown name
+    or parameter is a ValueError rather than silently ignored.
+    """
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
+    fn = LOSSES[name]
+    accepted = set(inspect.signature(fn).parameters) - {"logits", "targets", "reduction"}
+    unknown = set(params) - accepted
+    if unknown:
+        raise ValueError(
+            f"loss {name!r} takes {', '.join(sorted(accepted)) or 'no parameters'}; got {', '.join(sorted(unknown))}"
+        )
+    # bad values fail here, when the trial starts, not at its first batch
+    _check_reduction(reduction)
+    if "q" in params:
+        _check_q(params["q"])
+    return functools.partial(fn, reduction=reduction, **params)
