@@ -11,7 +11,9 @@ app = typer.Typer(no_args_is_help=True, help="Robustness and hyperparameter stud
 trial_app = typer.Typer(no_args_is_help=True, help="Run one trial without Ray (the debugging path).")
 world_app = typer.Typer(no_args_is_help=True, help="The embedded image world and its tiny pretrained CLIPs.")
 app.add_typer(trial_app, name="trial")
+data_app = typer.Typer(no_args_is_help=True, help="Dataset sources: list them, check a local dataset.")
 app.add_typer(world_app, name="world")
+app.add_typer(data_app, name="data")
 
 
 def _fail(message: str) -> None:
@@ -118,3 +120,29 @@ def world_show(
     names = [bundle.classnames[split.labels[i]] for i in pick]
     typer.echo(f"wrote {out}: {', '.join(names)}")
 
+
+
+@data_app.command("list")
+def data_list():
+    """Known dataset sources and the names each accepts."""
+    from ptlab.data.sources import list_sources
+
+    for scheme, help_text in list_sources():
+        typer.echo(f"{scheme}:  {help_text}")
+
+
+@data_app.command("check")
+def data_check(
+    source: str = typer.Argument(..., help="e.g. coop:DescribableTextures, folder:/data/x, world:shapes"),
+    root: Path = typer.Option(None, "--data-root", help="Data root (default $PTLAB_DATA)."),
+):
+    """Check that a dataset is readable and well formed; list every problem found."""
+    from ptlab.config import DataConfig
+    from ptlab.data.sources import check_dataset
+
+    problems = check_dataset(source, DataConfig(root=str(root) if root else None))
+    if problems:
+        for p in problems:
+            typer.secho(f"  - {p}", fg=typer.colors.RED)
+        _fail(f"{source}: {len(problems)} problem(s)")
+    typer.secho(f"{source}: ok", fg=typer.colors.GREEN)

@@ -67,6 +67,8 @@ class TrialConfig(Frozen):
     gce_q: float = Field(0.7, gt=0, le=1)
     sce_alpha: float = Field(0.1, ge=0)
     sce_beta: float = Field(1.0, ge=0)
+    nce_alpha: float = Field(1.0, ge=0)
+    nce_beta: float = Field(1.0, ge=0)
     # prompt learner
     n_ctx: int = Field(16, ge=0)
     ctx_init: str = ""  # phrase such as "a photo of a"; sets n_ctx to its word count

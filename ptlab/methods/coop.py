@@ -7,6 +7,8 @@ tower runs in the loop, on prompts cut after their EOT token.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,8 +33,10 @@ def prompt_design(cfg: TrialConfig) -> PromptDesign:
     )
 
 
-def loss_for(cfg: TrialConfig):
-    return make_loss(cfg.loss, q=cfg.gce_q, alpha=cfg.sce_alpha, beta=cfg.sce_beta)
+def loss_for(cfg: TrialConfig, reduction: str = "mean"):
+    params = {"gce": {"q": cfg.gce_q}, "sce": {"alpha": cfg.sce_alpha, "beta": cfg.sce_beta},
+              "nce_rce": {"alpha": cfg.nce_alpha, "beta": cfg.nce_beta}}.get(cfg.loss, {})
+    return make_loss(cfg.loss, reduction=reduction, **params)
 
 
 class TrainingLoop:
@@ -60,13 +64,16 @@ class TrainingLoop:
 
     def _state(self, epoch: int) -> dict:
         trainable = {k: v for k, v in self.classifier.state_dict().items() if k in self._trainable_names()}
-        return {
-            "classifier": trainable,
-            "optimizer": self.optimizer.state_dict(),
-            "rng": self.rng.bit_generator.state,
-            "epoch": epoch,
-            "curves": self.curves,
-        }
+        # Deep copy: the live tensors and lists keep changing after this call returns.
+        return copy.deepcopy(
+            {
+                "classifier": trainable,
+                "optimizer": self.optimizer.state_dict(),
+                "rng": self.rng.bit_generator.state,
+                "epoch": epoch,
+                "curves": self.curves,
+            }
+        )
 
     def _trainable_names(self) -> set[str]:
         return {n for n, p in self.classifier.named_parameters() if p.requires_grad}
@@ -111,7 +118,7 @@ class TrainingLoop:
             metrics = self.train_epoch(epoch)
             last = epoch + 1 == train.epochs
             if s.val_features is not None and ((epoch + 1) % train.eval_every == 0 or last):
-                metrics["val_acc"] = accuracy(self.predict(s.val_features), s.val_labels)
+                metrics["val_acc"] = 100 * accuracy(self.predict(s.val_features), s.val_labels)
             metrics["epoch"] = epoch + 1
             self.curves.append(metrics)
             if not np.isfinite(metrics["train_loss"]):
@@ -126,8 +133,8 @@ class TrainingLoop:
         s = self.setup
         pred = self.predict(s.test_features)
         metrics = {
-            "test_acc": accuracy(pred, s.test_labels),
-            "test_macro_acc": mean_per_class_accuracy(pred, s.test_labels, s.n_classes),
+            "test_acc": 100 * accuracy(pred, s.test_labels),
+            "test_macro_acc": 100 * mean_per_class_accuracy(pred, s.test_labels, s.n_classes),
             "epochs_done": len(self.curves),
         }
         for key in ("val_acc", "train_loss", "train_acc_noisy", "train_acc_true"):
@@ -136,7 +143,7 @@ class TrainingLoop:
                 metrics[key] = values[-1]
         metrics.update(s.summary())
         metrics.update(extra or {})
-        details = {"per_class_acc": per_class_accuracy(pred, s.test_labels, s.n_classes).tolist()}
+        details = {"per_class_acc": (100 * per_class_accuracy(pred, s.test_labels, s.n_classes)).tolist()}
         status = sanity_status(metrics, [{"loss": c["train_loss"]} for c in self.curves], s.n_classes)
         return TrialRecord(self.cfg.trial_id, self.cfg.canonical(), metrics, self.curves, status, details=details)
 

@@ -36,10 +36,10 @@ def run(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
             continue
         data = bundle.split(split)
         pred = zero_shot_logits(cache.features(data), text.cpu(), backbone).argmax(-1).numpy()
-        metrics[f"{split}_acc"] = accuracy(pred, data.labels)
+        metrics[f"{split}_acc"] = 100 * accuracy(pred, data.labels)
         if split == "test":
-            metrics["test_macro_acc"] = mean_per_class_accuracy(pred, data.labels, bundle.n_classes)
-            details["per_class_acc"] = per_class_accuracy(pred, data.labels, bundle.n_classes).tolist()
+            metrics["test_macro_acc"] = 100 * mean_per_class_accuracy(pred, data.labels, bundle.n_classes)
+            details["per_class_acc"] = (100 * per_class_accuracy(pred, data.labels, bundle.n_classes)).tolist()
     ctx.log(f"zero-shot {cfg.backbone} on {cfg.dataset}: test {metrics.get('test_acc', float('nan')):.2f}%")
     status = sanity_status(metrics, [], bundle.n_classes)
     return TrialRecord(cfg.trial_id, cfg.canonical(), metrics, status=status, details=details)
