@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from ptlab.models.backbone import WORLD_BACKBONES, load_backbone
+from ptlab.world.pretrain import PretrainConfig, pretrain, save
+
+
+@pytest.mark.parametrize("backbone", ["tiny-rn", "tiny-vit"])
+def test_twenty_step_pretraining_is_deterministic_and_loadable(tmp_path, backbone):
+    cfg = PretrainConfig(backbone=backbone, steps=20, batch_size=16, pool_size=300, threads=1)
+    first, record = pretrain(cfg, log=lambda m: None)
+    second, _ = pretrain(cfg, log=lambda m: None)
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert record["final_loss"] < 6.0
+    folder = save(first, backbone, record, tmp_path / backbone)
+    loaded = load_backbone(f"local-dir:{folder}")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.encode_image(x), first.eval().encode_image(x), atol=1e-6)
+
+
+def test_training_moves_loss_down():
+    cfg = PretrainConfig(backbone="tiny-rn", steps=40, batch_size=32, pool_size=500, threads=1)
+    losses = []
+    pretrain(cfg, log=losses.append)
+    first = float(losses[1].split("loss")[1].split()[0])
+    last = float(losses[-1].split("loss")[1].split()[0])
+    assert last < first
+
+
+def test_world_backbones_are_registered():
+    assert set(WORLD_BACKBONES) == {"tiny-vit", "tiny-rn"}
