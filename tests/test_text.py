@@ -92,3 +92,24 @@ def test_eot_is_largest_token(backbone):
     emb = backbone.model.token_embedding(tokens)
     with torch.no_grad():
         assert encode_embeddings(backbone.model, emb, eot_positions(tokens)).shape[0] == 2
+
+
+@pytest.mark.parametrize("position", ["end", "middle"])
+def test_shared_prefix_is_exact_forward_and_backward(backbone, position):
+    learner = PromptLearner(backbone, CLASSNAMES, PromptDesign(n_ctx=8, position=position), torch.Generator().manual_seed(0))
+    emb = learner.prompt_embeddings()
+    fast = encode_embeddings(backbone.model, emb, learner.eot, share_prefix=True)
+    plain = encode_embeddings(backbone.model, emb, learner.eot, share_prefix=False)
+    assert (fast - plain).abs().max() <= 1e-5
+    (g_fast,) = torch.autograd.grad(fast.square().sum(), learner.ctx, retain_graph=True)
+    (g_plain,) = torch.autograd.grad(plain.square().sum(), learner.ctx)
+    assert (g_fast - g_plain).abs().max() <= 1e-4 * max(1.0, float(g_plain.abs().max()))
+
+
+def test_shared_prefix_length_detection():
+    from ptlab.models.text import shared_prefix_length
+
+    emb = torch.zeros(3, 6, 2)
+    emb[1, 4] = 1.0
+    assert shared_prefix_length(emb, torch.tensor([5, 5, 5])) == 4
+    assert shared_prefix_length(emb, torch.tensor([2, 5, 5])) == 2

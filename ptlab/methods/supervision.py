@@ -65,7 +65,12 @@ class SupervisedSetup:
         return encode_images(self.backbone, pixels)
 
     def summary(self) -> dict[str, float]:
-        return {"noise_realised": float(self.train.rate), "train_size": float(len(self.train))}
+        return {
+            "noise_realised": float(self.train.rate),
+            "train_size": float(len(self.train)),
+            # 0 when every feature came from the cache: the study-level saving made visible.
+            "images_encoded": float(self.cache.images_encoded),
+        }
 
 
 def zero_shot_scores(backbone: Backbone, bundle: DatasetBundle, features: torch.Tensor) -> torch.Tensor:
