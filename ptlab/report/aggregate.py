@@ -1,0 +1,347 @@
+"""Study folder → tables: seeds folded into cells, noise robustness per method.
+
+Reads only what a study stored (study.yaml, results.parquet, curves.parquet);
+nothing here trains or touches Ray. Accuracies are percentages (0-100).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+from pydantic import BaseModel
+
+from ptlab.config import TrialConfig
+
+COMPLETED = "completed"
+PRUNED = "pruned"
+# Trials that ran but whose numbers must not enter a mean; a cell lists them.
+EXCLUDED = ("flagged_nan", "flagged_collapse", "failed")
+NOISE = "noise_rate"
+
+_RECORD_COLUMNS = {"trial_id", "cell_id", "status", "error"}
+# Metrics a researcher looks for first; any other numeric outcome follows them.
+_METRIC_ORDER = (
+    "test_acc",
+    "test_macro_acc",
+    "val_acc",
+    "zeroshot_acc",
+    "pseudo_label_acc",
+    "auroc",
+    "many_acc",
+    "medium_acc",
+    "few_acc",
+    "grad_ratio",
+)
+_TIMINGS = ("wall_s", "recipe_s", "epochs_done", "attempts")
+
+
+@cache
+def config_columns() -> frozenset[str]:
+    """Every TrialConfig field path as results.parquet flattens it (``train.lr``)."""
+
+    def walk(model: type[BaseModel], prefix: str) -> set[str]:
+        paths: set[str] = set()
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                paths |= walk(kind, f"{prefix}{name}.")
+            else:
+                paths.add(prefix + name)
+        return paths
+
+    return frozenset(walk(TrialConfig, ""))
+
+
+def is_config_column(column: str) -> bool:
+    # method_options is a free mapping, flattened into columns we cannot list.
+    return column in config_columns() or column.startswith("method_options.")
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """One study folder, read once: the spec, every trial's final row, its curves."""
+
+    folder: Path
+    spec: dict[str, Any]
+    spec_text: str
+    trials: pl.DataFrame
+    curves: pl.DataFrame
+    keys: list[str]  # config columns that tell cells apart, spec factors first
+    metrics: list[str]  # numeric outcome columns holding at least one value
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.get("name", self.folder.name))
+
+    @property
+    def planned(self) -> int | None:
+        planned = self.spec.get("planned_trials")
+        return int(planned) if planned is not None else None
+
+    @property
+    def partial(self) -> bool:
+        # Without a plan we cannot prove completeness, so we do not claim it.
+        return self.planned is None or self.trials.height < self.planned
+
+    def status_counts(self) -> dict[str, int]:
+        if self.trials.is_empty():
+            return {}
+        counts = self.trials.group_by("status").len().sort("status")
+        return dict(counts.iter_rows())
+
+    def optuna_storage(self) -> Path | None:
+        for name in ("optuna.db", "journal.log"):
+            if (self.folder / name).is_file():
+                return self.folder / name
+        return None
+
+
+def load_study(folder: str | Path) -> StudyResults:
+    """Read a study folder; a study that is still running reads as what exists so far."""
+    folder = Path(folder)
+    spec_path = folder / "study.yaml"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{folder}: not a study folder (no study.yaml)")
+    spec_text = spec_path.read_text()
+    spec = yaml.safe_load(spec_text) or {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"{spec_path}: a study spec is a mapping")
+    results_path = folder / "results.parquet"
+    trials = pl.read_parquet(results_path) if results_path.is_file() else pl.DataFrame()
+    if not trials.is_empty():
+        # A retried trial is appended again; its latest row is the one that counts.
+        trials = spread_method_options(trials.unique(subset="trial_id", keep="last", maintain_order=True))
+    curves_path = folder / "curves.parquet"
+    curves = pl.read_parquet(curves_path) if curves_path.is_file() else pl.DataFrame()
+    factors = list((spec.get("factors") or {}).keys())
+    return StudyResults(
+        folder=folder,
+        spec=spec,
+        spec_text=spec_text,
+        trials=trials,
+        curves=curves,
+        keys=cell_keys(trials, factors),
+        metrics=metric_columns(trials),
+    )
+
+
+def spread_method_options(trials: pl.DataFrame) -> pl.DataFrame:
+    """The store keeps the free ``method_options`` mapping as one JSON column; its keys
+    become ``method_options.<key>`` columns that cells and dashboards can name."""
+    if trials.schema.get("method_options") != pl.String:
+        return trials
+    options = [json.loads(text) if text else {} for text in trials["method_options"].to_list()]
+    names = sorted({k for o in options for k in o})
+    nested = (dict, list)
+    spread = [
+        pl.Series(
+            f"method_options.{k}",
+            [json.dumps(v, sort_keys=True) if isinstance(v := o.get(k), nested) else v for o in options],
+            strict=False,
+        )
+        for k in names
+    ]
+    return trials.drop("method_options").with_columns(spread)
+
+
+def cell_keys(trials: pl.DataFrame, factors: list[str]) -> list[str]:
+    """Config columns that vary between trials, seed aside: a grid's factors or a search's space."""
+    if trials.is_empty():
+        return []
+    varying = [c for c in trials.columns if is_config_column(c) and c != "seed" and trials.get_column(c).n_unique() > 1]
+    return [f for f in factors if f in varying] + sorted(c for c in varying if c not in factors)
+
+
+def metric_columns(trials: pl.DataFrame) -> list[str]:
+    if trials.is_empty():
+        return []
+    numeric = [
+        c
+        for c, dtype in trials.schema.items()
+        if dtype.is_numeric()
+        and c not in _RECORD_COLUMNS
+        and not is_config_column(c)
+        and trials.get_column(c).null_count() < trials.height
+    ]
+    first = [m for m in _METRIC_ORDER if m in numeric]
+    last = [m for m in _TIMINGS if m in numeric]
+    return first + sorted(set(numeric) - set(first) - set(last)) + last
+
+
+def t_critical(dof: int, level: float = 0.95) -> float:
+    """Two-sided Student-t critical value for an integer number of degrees of freedom.
+
+    Seeds are few (3-5), so the normal 1.96 would understate the interval by
+    a factor of up to 2. Without scipy, this bisects the closed-form CDF of
+    Abramowitz & Stegun 26.7.3-4, exact for integer dof.
+    """
+    if dof < 1:
+        raise ValueError("a confidence interval needs at least two seeds")
+
+    def central_mass(t: float) -> float:
+        theta = math.atan(t / math.sqrt(dof))
+        sin, cos2 = math.sin(theta), math.cos(theta) ** 2
+        if dof % 2:
+            term, total, k = math.cos(theta), 0.0, 1
+            while k <= dof - 2:
+                total += term
+                term *= cos2 * (k + 1) / (k + 2)
+                k += 2
+            return 2 / math.pi * (theta + sin * total)
+        term, total, k = 1.0, 0.0, 0
+        while k <= dof - 2:
+            total += term
+            term *= cos2 * (k + 1) / (k + 2)
+            k += 2
+        return sin * total
+
+    lo, hi = 0.0, 1e4
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if central_mass(mid) < level else (lo, mid)
+    return (lo + hi) / 2
+
+
+def cell_summary(trials: pl.DataFrame, keys: list[str], metrics: list[str]) -> pl.DataFrame:
+    """One row per cell: completed seeds, excluded seeds and why, mean/std/95% CI per metric.
+
+    Pruned trials are search bookkeeping, not results, and are left out.
+    """
+    rows = trials.filter(pl.col("status") != PRUNED)
+    if rows.is_empty():
+        return pl.DataFrame()
+    done = pl.col("status") == COMPLETED
+    bad = pl.col("status").is_in(EXCLUDED)
+    reason = pl.format("seed {} {}", pl.col("seed"), pl.col("status"))
+    aggs = [
+        done.sum().alias("n_seeds"),
+        bad.sum().alias("n_excluded"),
+        reason.filter(bad).str.join("; ").alias("excluded"),
+    ]
+    for m in metrics:
+        value = pl.col(m).filter(done)
+        aggs += [value.mean().alias(f"{m}_mean"), value.std(ddof=1).alias(f"{m}_std"), value.count().alias(f"_{m}_n")]
+    cells = rows.group_by("cell_id", maintain_order=True).agg(*[pl.col(k).first() for k in keys], *aggs)
+    for m in metrics:
+        counts = [n for n in cells.get_column(f"_{m}_n").unique().to_list() if n >= 2]
+        t = pl.col(f"_{m}_n").replace_strict(
+            {n: t_critical(n - 1) for n in counts}, default=None, return_dtype=pl.Float64
+        )
+        cells = cells.with_columns((t * pl.col(f"{m}_std") / pl.col(f"_{m}_n").sqrt()).alias(f"{m}_ci95"))
+    ordered = ["cell_id", *keys, "n_seeds", "n_excluded", "excluded"]
+    ordered += [f"{m}_{stat}" for m in metrics for stat in ("mean", "std", "ci95")]
+    cells = cells.select(ordered)
+    return cells.sort(keys) if keys else cells
+
+
+def robustness_summary(cells: pl.DataFrame, keys: list[str], metric: str = "test_acc") -> pl.DataFrame:
+    """Per method/loss/etc. (every key but the noise rate): the drop from the lowest to the
+    highest noise rate and the area under the metric-vs-noise curve (trapezoids).
+
+    ``auc_norm`` divides the area by the noise range: the mean of the metric over
+    the range, in the metric's own unit, comparable across grids.
+    """
+    mean = f"{metric}_mean"
+    if NOISE not in keys or mean not in cells.columns:
+        return pl.DataFrame()
+    group = [k for k in keys if k != NOISE]
+    rate, value = pl.col(NOISE), pl.col(mean)
+    aggs = [
+        pl.len().alias("n_rates"),
+        rate.first().alias("rate_lo"),
+        rate.last().alias("rate_hi"),
+        value.first().alias(f"{metric}_lo"),
+        value.last().alias(f"{metric}_hi"),
+        (value.first() - value.last()).alias("drop"),
+        ((rate.diff() * (value + value.shift(1))) / 2).sum().alias("auc"),
+    ]
+    ordered = cells.filter(value.is_not_null()).sort(NOISE)
+    table = ordered.group_by(group, maintain_order=True).agg(aggs) if group else ordered.select(aggs)
+    span = pl.col("rate_hi") - pl.col("rate_lo")
+    # One rate gives neither a drop nor an area: leave them empty, not zero.
+    one = pl.col("n_rates") < 2
+    table = table.with_columns(
+        pl.when(one).then(None).otherwise(pl.col("drop")).alias("drop"),
+        pl.when(one).then(None).otherwise(pl.col("auc")).alias("auc"),
+        pl.when(one).then(None).otherwise(pl.col("auc") / span).alias("auc_norm"),
+    )
+    return table.sort(group) if group else table
+
+
+def excluded_trials(trials: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Flagged and failed trials, with their cell and error, for the researcher to inspect."""
+    if trials.is_empty():
+        return pl.DataFrame()
+    columns = ["trial_id", *keys, "seed", "status", "error"]
+    rows = trials.filter(pl.col("status").is_in(EXCLUDED))
+    return rows.select([c for c in columns if c in rows.columns])
+
+
+def format_number(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    # Below 1 come noise rates, learning rates and 0-1 scores: keep their significant digits.
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
+def format_mean_ci(mean: float | None, ci: float | None) -> str:
+    """``mean ± ci``, the interval printed to the mean's precision."""
+    if ci is None or mean is None or abs(mean) < 1:
+        return format_number(mean) if ci is None else f"{format_number(mean)} ± {format_number(ci)}"
+    return f"{mean:.2f} ± {ci:.2f}"
+
+
+def paper_table(cells: pl.DataFrame, keys: list[str], metrics: list[str]) -> pl.DataFrame:
+    """Cells as text, ``mean ± 95% CI`` per metric; the seed column notes exclusions."""
+    if cells.is_empty():
+        return pl.DataFrame()
+    columns: dict[str, list[str]] = {
+        k: [format_number(v) if isinstance(v, float) else str(v) for v in cells.get_column(k).to_list()] for k in keys
+    }
+    seeds = []
+    for n, excluded in cells.select("n_seeds", "n_excluded").iter_rows():
+        seeds.append(f"{n} ({excluded} excluded)" if excluded else str(n))
+    columns["seeds"] = seeds
+    for m in metrics:
+        if f"{m}_mean" not in cells.columns:
+            continue
+        pairs = cells.select(f"{m}_mean", f"{m}_ci95").iter_rows()
+        columns[m] = [format_mean_ci(mean, ci) for mean, ci in pairs]
+    return pl.DataFrame(columns)
+
+
+def markdown(table: pl.DataFrame) -> str:
+    """A GitHub/pandoc pipe table, numbers as they print in the report."""
+
+    def cell(v: Any) -> str:
+        text = format_number(v) if isinstance(v, float) else ("–" if v is None else str(v))
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * table.width]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.iter_rows()]
+    return "\n".join(lines) + "\n"
+
+
+def export_tables(study: StudyResults, cells: pl.DataFrame, robustness: pl.DataFrame, out: Path) -> list[Path]:
+    """cells.csv and robustness.csv (every number), summary.md (the tables for a paper)."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    sections = [f"# {study.name}\n"]
+    if not cells.is_empty():
+        cells.write_csv(out / "cells.csv")
+        written.append(out / "cells.csv")
+        sections += ["## Cells (mean ± 95% CI over seeds)\n", markdown(paper_table(cells, study.keys, study.metrics))]
+    if not robustness.is_empty():
+        robustness.write_csv(out / "robustness.csv")
+        written.append(out / "robustness.csv")
+        sections += ["## Robustness to label noise\n", markdown(robustness)]
+    (out / "summary.md").write_text("\n".join(sections))
+    written.append(out / "summary.md")
+    return written

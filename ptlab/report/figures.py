@@ -1,0 +1,422 @@
+"""Plotly figures of a study, one builder per dashboard figure kind.
+
+Every factor a figure does not put on an axis, a colour or a facet is folded
+into the trace or panel label, so a figure never silently averages over a
+factor the study varied. A figure that the study's data cannot fill (a column
+missing, an axis with one value, no Optuna storage) comes back as a note that
+the report prints in its place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import plotly.graph_objects as go
+import polars as pl
+from plotly.colors import hex_to_rgb, qualitative
+from plotly.subplots import make_subplots
+
+from ptlab.report import dashboard as dash
+from ptlab.report.aggregate import COMPLETED, PRUNED, StudyResults
+
+PALETTE = qualitative.Plotly
+PANEL_COLUMNS = 3
+PANEL_HEIGHT = 380
+STATUS_COLOURS = {
+    COMPLETED: "#1f77b4",
+    PRUNED: "#ff7f0e",
+    "failed": "#d62728",
+    "flagged_nan": "#9467bd",
+    "flagged_collapse": "#8c564b",
+}
+
+
+class FigureSkipped(Exception):
+    """The study holds no data for this figure; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    title: str
+    description: str
+    figure: go.Figure | None
+    note: str | None = None  # why there is no figure
+
+
+def render(spec: dash.Figure, study: StudyResults, cells: pl.DataFrame) -> Rendered:
+    builder, default_title = _BUILDERS[spec.kind]
+    title = spec.title or default_title(spec)
+    if study.trials.is_empty():
+        return Rendered(title, spec.description, None, "no trial has finished yet")
+    if spec.kind in _CELL_KINDS and cells.is_empty():
+        return Rendered(title, spec.description, None, "no trial has completed yet (only pruned ones)")
+    try:
+        figure = builder(spec, study, cells)
+    except FigureSkipped as why:
+        return Rendered(title, spec.description, None, str(why))
+    figure.update_layout(template="plotly_white", margin={"t": 60, "l": 60, "r": 30, "b": 50})
+    return Rendered(title, spec.description, figure)
+
+
+# --- column resolution -------------------------------------------------------
+
+
+def _pick(columns: dash.Columns | None, study: StudyResults, role: str, *, taken: tuple[str | None, ...] = ()) -> str:
+    candidates = [columns] if isinstance(columns, str) else list(columns or [])
+    for c in candidates:
+        if c in study.keys and c not in taken:
+            return c
+    raise FigureSkipped(f"{role}: {' / '.join(candidates) or 'no column'} does not vary in this study")
+
+
+def _maybe(
+    columns: dash.Columns | None, study: StudyResults, role: str, *, taken: tuple[str | None, ...] = ()
+) -> str | None:
+    try:
+        return _pick(columns, study, role, taken=taken)
+    except FigureSkipped:
+        return None
+
+
+def _metric(name: str, study: StudyResults) -> str:
+    if name not in study.metrics:
+        raise FigureSkipped(f"no values for {name} in results.parquet")
+    return name
+
+
+def _rest(study: StudyResults, *used: str | None) -> list[str]:
+    return [k for k in study.keys if k not in used]
+
+
+def _groups(frame: pl.DataFrame, columns: list[str]) -> list[tuple[str, pl.DataFrame]]:
+    """Sub-frames per combination of ``columns``, labelled ``a=1, b=x``, in sorted order."""
+    if not columns:
+        return [("", frame)]
+    parts = frame.sort(columns, nulls_last=True).partition_by(columns, maintain_order=True, as_dict=True)
+    return [(", ".join(f"{c}={v}" for c, v in zip(columns, key, strict=True)), part) for key, part in parts.items()]
+
+
+def _colour(i: int, alpha: float = 1.0) -> str:
+    r, g, b = hex_to_rgb(PALETTE[i % len(PALETTE)])
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _panel_grid(n: int, per_row: int = PANEL_COLUMNS) -> tuple[int, int]:
+    cols = min(n, per_row)
+    return math.ceil(n / cols), cols
+
+
+def _position(i: int, cols: int) -> tuple[int, int]:
+    return i // cols + 1, i % cols + 1
+
+
+# --- cell figures ------------------------------------------------------------
+
+
+def _curve(spec: dash.Curve, study: StudyResults, cells: pl.DataFrame) -> go.Figure:
+    x = _pick(spec.x, study, "x")
+    y = _metric(spec.y, study)
+    colour = _maybe(spec.color, study, "color", taken=(x,))
+    facet = _maybe(spec.facet, study, "facet", taken=(x, colour))
+    series_by = [c for c in (colour, *_rest(study, x, colour, facet)) if c]
+    panels = _groups(cells, [facet] if facet else [])
+    rows, cols = _panel_grid(len(panels))
+    fig = make_subplots(rows, cols, subplot_titles=[p for p, _ in panels], shared_yaxes=True, horizontal_spacing=0.05)
+    order = [label for label, _ in _groups(cells, series_by)]
+    for i, (_, panel) in enumerate(panels):
+        row, col = _position(i, cols)
+        for label, series in _groups(panel, series_by):
+            k = order.index(label)
+            s = series.filter(pl.col(f"{y}_mean").is_not_null()).sort(x)
+            xs, mean, ci = s[x].to_list(), s[f"{y}_mean"], s[f"{y}_ci95"]
+            if spec.band and ci.null_count() < len(ci):
+                lower, upper = (mean - ci).to_list(), (mean + ci).to_list()
+                band = {
+                    "mode": "lines",
+                    "line": {"width": 0},
+                    "hoverinfo": "skip",
+                    "showlegend": False,
+                    "legendgroup": label,
+                }
+                fig.add_trace(go.Scatter(x=xs, y=lower, **band), row, col)
+                fig.add_trace(go.Scatter(x=xs, y=upper, fill="tonexty", fillcolor=_colour(k, 0.2), **band), row, col)
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=mean.to_list(),
+                    name=label or y,
+                    legendgroup=label,
+                    showlegend=i == 0,
+                    mode="lines+markers",
+                    line={"color": _colour(k)},
+                    customdata=list(zip(ci.to_list(), s["n_seeds"].to_list(), strict=True)),
+                    hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y:.2f}} ± %{{customdata[0]:.2f}}<br>seeds: %{{customdata[1]}}",
+                ),
+                row,
+                col,
+            )
+    fig.update_xaxes(title_text=x)
+    fig.update_yaxes(title_text=f"{y} (mean over seeds)", col=1)
+    fig.update_layout(height=rows * PANEL_HEIGHT + 80, legend_title_text=", ".join(series_by))
+    return fig
+
+
+def _matrix(panel: pl.DataFrame, x: str, y: str, values: str, xs: list[Any], ys: list[Any]) -> list[list[Any]]:
+    """values laid out as rows over ys and columns over xs; a missing cell stays a hole."""
+    at = {(a, b): v for a, b, v in panel.select(x, y, values).iter_rows()}
+    return [[at.get((a, b)) for a in xs] for b in ys]
+
+
+def _two_axes(spec: dash.Surface | dash.Heatmap, study: StudyResults) -> tuple[str, str, str, list[str]]:
+    x = _pick(spec.x, study, "x")
+    y = _pick(spec.y, study, "y", taken=(x,))
+    z = _metric(spec.z, study)
+    facet = _maybe(spec.facet, study, "facet", taken=(x, y))
+    return x, y, z, [c for c in (facet, *_rest(study, x, y, facet)) if c]
+
+
+def _surface(spec: dash.Surface, study: StudyResults, cells: pl.DataFrame) -> go.Figure:
+    x, y, z, panel_by = _two_axes(spec, study)
+    for axis in (x, y):
+        if not cells.schema[axis].is_numeric():
+            raise FigureSkipped(f"a surface needs numeric axes and {axis} is not; use a heatmap")
+    mean = f"{z}_mean"
+    xs, ys = sorted(cells[x].unique().to_list()), sorted(cells[y].unique().to_list())
+    lo, hi = cells[mean].min(), cells[mean].max()
+    panels = _groups(cells, panel_by)
+    # 3D scenes need more room than flat panels to keep their axis labels readable.
+    rows, cols = _panel_grid(len(panels), per_row=2)
+    fig = make_subplots(
+        rows,
+        cols,
+        specs=[[{"type": "scene"}] * cols for _ in range(rows)],
+        subplot_titles=[p or z for p, _ in panels],
+        horizontal_spacing=0.02,
+    )
+    for i, (_, panel) in enumerate(panels):
+        fig.add_trace(
+            go.Surface(
+                x=xs,
+                y=ys,
+                z=_matrix(panel, x, y, mean, xs, ys),
+                customdata=_matrix(panel, x, y, f"{z}_ci95", xs, ys),
+                cmin=lo,
+                cmax=hi,
+                colorscale="Viridis",
+                showscale=i == 0,
+                colorbar={"title": {"text": z}},
+                hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y}}<br>{z}=%{{z:.2f}} ± %{{customdata:.2f}}<extra></extra>",
+            ),
+            *_position(i, cols),
+        )
+    fig.update_scenes(
+        xaxis_title_text=x,
+        yaxis_title_text=y,
+        zaxis_title_text=z,
+        zaxis_range=[lo, hi],  # one height scale, so surfaces compare at a glance
+        camera_eye={"x": 1.6, "y": -1.6, "z": 1.0},
+    )
+    fig.update_layout(height=rows * 520 + 60)
+    return fig
+
+
+def _heatmap(spec: dash.Heatmap, study: StudyResults, cells: pl.DataFrame) -> go.Figure:
+    x, y, z, panel_by = _two_axes(spec, study)
+    mean, ci = f"{z}_mean", f"{z}_ci95"
+    xs, ys = sorted(cells[x].unique().to_list()), sorted(cells[y].unique().to_list())
+    text = cells.with_columns(
+        pl.when(pl.col(ci).is_null())
+        .then(pl.col(mean).round(1).cast(pl.String))
+        .otherwise(pl.format("{}±{}", pl.col(mean).round(1), pl.col(ci).round(1)))
+        .alias("_text")
+    )
+    panels = _groups(text, panel_by)
+    rows, cols = _panel_grid(len(panels))
+    fig = make_subplots(
+        rows, cols, subplot_titles=[p or z for p, _ in panels], horizontal_spacing=0.06, vertical_spacing=0.12
+    )
+    for i, (_, panel) in enumerate(panels):
+        fig.add_trace(
+            go.Heatmap(
+                x=[str(v) for v in xs],
+                y=[str(v) for v in ys],
+                z=_matrix(panel, x, y, mean, xs, ys),
+                text=_matrix(panel, x, y, "_text", xs, ys),
+                texttemplate="%{text}",
+                coloraxis="coloraxis",
+                hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y}}<br>{z}=%{{text}}<extra></extra>",
+            ),
+            *_position(i, cols),
+        )
+    fig.update_xaxes(type="category", title_text=x)
+    fig.update_yaxes(type="category", title_text=y)
+    fig.update_layout(
+        height=rows * PANEL_HEIGHT + 80, coloraxis={"colorscale": "Viridis", "colorbar": {"title": {"text": z}}}
+    )
+    return fig
+
+
+def _bars(spec: dash.Bars, study: StudyResults, cells: pl.DataFrame) -> go.Figure:
+    ys = [_metric(m, study) for m in spec.ys]
+    x = _maybe(spec.x, study, "x")
+    groups = _groups(cells, [c for c in (x, *_rest(study, x)) if c])
+    labels = [label or "all trials" for label, _ in groups]
+    fig = go.Figure()
+    for k, m in enumerate(ys):
+        # Grouped by every key, each group is exactly one cell.
+        means = [g[f"{m}_mean"].item() for _, g in groups]
+        cis = [g[f"{m}_ci95"].item() for _, g in groups]
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=means,
+                name=m,
+                marker_color=_colour(k),
+                error_y={"type": "data", "array": cis, "visible": True},
+                hovertemplate=f"%{{x}}<br>{m}=%{{y:.2f}}<extra></extra>",
+            )
+        )
+    fig.update_layout(barmode="group", height=PANEL_HEIGHT + 80, yaxis_title_text="mean over seeds ± 95% CI")
+    return fig
+
+
+# --- trial figures -----------------------------------------------------------
+
+
+def _scatter(spec: dash.Scatter, study: StudyResults, cells: pl.DataFrame) -> go.Figure:
+    x, y = _metric(spec.x, study), _metric(spec.y, study)
+    colour = _maybe(spec.color, study, "color")
+    done = study.trials.filter((pl.col("status") == COMPLETED) & pl.col(x).is_not_null() & pl.col(y).is_not_null())
+    fig = go.Figure()
+    for k, (label, part) in enumerate(_groups(done, [colour] if colour else [])):
+        fig.add_trace(
+            go.Scatter(
+                x=part[x].to_list(),
+                y=part[y].to_list(),
+                mode="markers",
+                name=label or "trials",
+                marker={"color": _colour(k), "size": 9, "opacity": 0.8},
+                customdata=list(zip(part["trial_id"].to_list(), part["seed"].to_list(), strict=True)),
+                hovertemplate=f"trial %{{customdata[0]}} (seed %{{customdata[1]}})<br>{x}=%{{x:.2f}}<br>{y}=%{{y:.2f}}<extra></extra>",
+            )
+        )
+    fig.update_layout(height=PANEL_HEIGHT + 80, xaxis_title_text=x, yaxis_title_text=y)
+    return fig
+
+
+def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.DataFrame) -> go.Figure:
+    if study.curves.is_empty():
+        raise FigureSkipped("no curves.parquet in the study folder")
+    if spec.y not in study.curves.columns:
+        raise FigureSkipped(f"curves.parquet has no column {spec.y}")
+    colour = _maybe(spec.color, study, "color")
+    by = colour or "status"
+    info = study.trials.select("trial_id", "status", *([colour] if colour else []))
+    # Curves of a trial still running have no results row yet; they show as running.
+    curves = (
+        study.curves.join(info, on="trial_id", how="left")
+        .with_columns(pl.col("status").fill_null("running"))
+        .filter(pl.col(spec.y).is_not_null())
+        .sort("trial_id", "epoch")
+    )
+    if curves.is_empty():
+        raise FigureSkipped(f"curves.parquet holds no values of {spec.y}")
+    values = sorted(curves[by].unique().to_list(), key=str)
+    fig = go.Figure()
+    shown: set[Any] = set()
+    for (trial_id,), trial in curves.partition_by("trial_id", maintain_order=True, as_dict=True).items():
+        group = trial[by][0]
+        line = STATUS_COLOURS.get(group, "#7f7f7f") if by == "status" else _colour(values.index(group))
+        fig.add_trace(
+            go.Scatter(
+                x=trial["epoch"].to_list(),
+                y=trial[spec.y].to_list(),
+                mode="lines",
+                name=f"{by}={group}",
+                legendgroup=str(group),
+                showlegend=group not in shown,
+                line={"color": line, "width": 1.5},
+                opacity=0.7,
+                hovertemplate=f"trial {trial_id} ({trial['status'][0]})<br>epoch %{{x}}<br>{spec.y}=%{{y:.2f}}<extra></extra>",
+            )
+        )
+        shown.add(group)
+    stops = curves.filter(pl.col("status") == PRUNED).group_by("trial_id", maintain_order=True).last()
+    if not stops.is_empty():
+        fig.add_trace(
+            go.Scatter(
+                x=stops["epoch"].to_list(),
+                y=stops[spec.y].to_list(),
+                mode="markers",
+                name="stopped by ASHA",
+                marker={"symbol": "x", "size": 11, "color": "black"},
+                customdata=stops["trial_id"].to_list(),
+                hovertemplate="trial %{customdata} stopped by ASHA after epoch %{x}<extra></extra>",
+            )
+        )
+    fig.update_layout(height=PANEL_HEIGHT + 120, xaxis_title_text="epoch", yaxis_title_text=spec.y)
+    return fig
+
+
+def _optuna_study(study: StudyResults) -> Any:
+    storage_path = study.optuna_storage()
+    if storage_path is None:
+        raise FigureSkipped("no Optuna storage (optuna.db or journal.log) in the study folder")
+    # Imported here: grid-study reports need no Optuna, and it is slow to import.
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if storage_path.suffix == ".db":
+        storage: Any = f"sqlite:///{storage_path}"
+    else:
+        storage = JournalStorage(JournalFileBackend(str(storage_path)))
+    names = optuna.study.get_all_study_names(storage)
+    if study.name not in names:
+        raise FigureSkipped(
+            f"{storage_path.name} holds no Optuna study named {study.name} (it holds: {', '.join(names) or 'none'})"
+        )
+    loaded = optuna.load_study(study_name=study.name, storage=storage)
+    complete = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2:
+        raise FigureSkipped(f"Optuna study {study.name} has {len(complete)} complete trials; these plots need two")
+    return loaded
+
+
+def _importance(spec: dash.ParamImportance, study: StudyResults, cells: pl.DataFrame) -> go.Figure:
+    import optuna
+
+    loaded = _optuna_study(study)
+    # PED-ANOVA: deterministic, and unlike fANOVA it needs no scikit-learn.
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    return optuna.visualization.plot_param_importances(loaded, evaluator=evaluator)
+
+
+def _parallel(spec: dash.ParallelCoordinates, study: StudyResults, cells: pl.DataFrame) -> go.Figure:
+    import optuna
+
+    return optuna.visualization.plot_parallel_coordinate(_optuna_study(study))
+
+
+def _first(columns: dash.Columns) -> str:
+    return columns if isinstance(columns, str) else columns[0]
+
+
+def _axes_title(spec: dash.Surface | dash.Heatmap) -> str:
+    return f"{spec.z} over {_first(spec.x)} × {_first(spec.y)}"
+
+
+# Figures of cell means, as opposed to figures of single trials or of the Optuna study.
+_CELL_KINDS = {"curve", "surface", "heatmap", "bars"}
+_BUILDERS: dict[str, tuple[Callable[..., go.Figure], Callable[[Any], str]]] = {
+    "curve": (_curve, lambda s: f"{s.y} vs {_first(s.x)}"),
+    "surface": (_surface, _axes_title),
+    "heatmap": (_heatmap, _axes_title),
+    "bars": (_bars, lambda s: " / ".join(s.ys)),
+    "scatter": (_scatter, lambda s: f"{s.y} vs {s.x} per trial"),
+    "learning_curves": (_learning_curves, lambda s: f"{s.y} per epoch, per trial"),
+    "param_importance": (_importance, lambda s: "Hyperparameter importance (Optuna PED-ANOVA)"),
+    "parallel_coordinates": (_parallel, lambda s: "Parallel coordinates (Optuna)"),
+}

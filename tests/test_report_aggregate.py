@@ -1,0 +1,204 @@
+"""Aggregation numbers against a hand-built results table."""
+
+import math
+
+import polars as pl
+import pytest
+from report_fixtures import trial_row, write_study
+
+from ptlab.report.aggregate import (
+    cell_keys,
+    cell_summary,
+    excluded_trials,
+    export_tables,
+    load_study,
+    metric_columns,
+    paper_table,
+    robustness_summary,
+    t_critical,
+)
+
+# (loss, noise_rate, seed, status, test_acc); cells are (loss, noise_rate).
+TABLE = [
+    ("ce", 0.0, 1, "completed", 70.0),
+    ("ce", 0.0, 2, "completed", 72.0),
+    ("ce", 0.0, 3, "completed", 74.0),
+    ("ce", 0.25, 1, "completed", 66.0),
+    ("ce", 0.25, 2, "completed", 66.0),
+    ("ce", 0.25, 3, "completed", 66.0),
+    ("ce", 0.5, 1, "completed", 50.0),
+    ("ce", 0.5, 2, "completed", 54.0),
+    ("ce", 0.5, 3, "flagged_nan", float("nan")),
+    ("ce", 0.5, 4, "failed", None),
+    ("gce", 0.0, 1, "completed", 80.0),
+    ("gce", 0.0, 2, "pruned", 10.0),
+]
+
+
+def hand_table() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "trial_id": [f"t{i}" for i in range(len(TABLE))],
+            "cell_id": [f"{loss}-{rate}" for loss, rate, *_ in TABLE],
+            "status": [row[3] for row in TABLE],
+            "error": ["" if row[3] == "completed" else f"{row[3]} error" for row in TABLE],
+            "method": ["coop"] * len(TABLE),
+            "loss": [row[0] for row in TABLE],
+            "noise_rate": [row[1] for row in TABLE],
+            "seed": [row[2] for row in TABLE],
+            "test_acc": [row[4] for row in TABLE],
+            "auroc": [None] * len(TABLE),
+            "wall_s": [10.0] * len(TABLE),
+        },
+        schema_overrides={"auroc": pl.Float64},
+    )
+
+
+@pytest.mark.parametrize(
+    ("dof", "expected"), [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (9, 2.2622), (30, 2.0423)]
+)
+def test_t_critical_matches_student_tables(dof, expected):
+    assert t_critical(dof) == pytest.approx(expected, abs=1e-4)
+
+
+def test_t_critical_needs_two_seeds():
+    with pytest.raises(ValueError, match="two seeds"):
+        t_critical(0)
+
+
+def test_cell_summary_numbers():
+    trials = hand_table()
+    cells = cell_summary(trials, ["loss", "noise_rate"], ["test_acc"])
+    by_cell = {(r["loss"], r["noise_rate"]): r for r in cells.iter_rows(named=True)}
+    assert set(by_cell) == {("ce", 0.0), ("ce", 0.25), ("ce", 0.5), ("gce", 0.0)}
+
+    clean = by_cell[("ce", 0.0)]
+    assert (clean["n_seeds"], clean["n_excluded"]) == (3, 0)
+    assert clean["test_acc_mean"] == pytest.approx(72.0)
+    assert clean["test_acc_std"] == pytest.approx(2.0)
+    assert clean["test_acc_ci95"] == pytest.approx(4.302653 * 2 / math.sqrt(3), rel=1e-5)
+
+    assert by_cell[("ce", 0.25)]["test_acc_ci95"] == pytest.approx(0.0)
+
+    # The NaN of the diverged seed and the failed seed stay out of the mean.
+    noisy = by_cell[("ce", 0.5)]
+    assert (noisy["n_seeds"], noisy["n_excluded"]) == (2, 2)
+    assert noisy["excluded"] == "seed 3 flagged_nan; seed 4 failed"
+    assert noisy["test_acc_mean"] == pytest.approx(52.0)
+    assert noisy["test_acc_ci95"] == pytest.approx(12.706205 * math.sqrt(8) / math.sqrt(2), rel=1e-5)
+
+    # A pruned trial is no seed of its cell; one seed has no spread.
+    single = by_cell[("gce", 0.0)]
+    assert (single["n_seeds"], single["n_excluded"]) == (1, 0)
+    assert single["test_acc_mean"] == pytest.approx(80.0)
+    assert single["test_acc_std"] is None and single["test_acc_ci95"] is None
+
+
+def test_robustness_summary_drop_and_area():
+    cells = cell_summary(hand_table(), ["loss", "noise_rate"], ["test_acc"])
+    table = robustness_summary(cells, ["loss", "noise_rate"], "test_acc")
+    ce = table.filter(pl.col("loss") == "ce").row(0, named=True)
+    assert (ce["rate_lo"], ce["rate_hi"], ce["n_rates"]) == (0.0, 0.5, 3)
+    assert ce["drop"] == pytest.approx(72.0 - 52.0)
+    # Trapezoids: 0.25 * (72 + 66) / 2 + 0.25 * (66 + 52) / 2
+    assert ce["auc"] == pytest.approx(32.0)
+    assert ce["auc_norm"] == pytest.approx(64.0)
+    gce = table.filter(pl.col("loss") == "gce").row(0, named=True)
+    assert gce["n_rates"] == 1 and gce["drop"] is None and gce["auc"] is None
+
+
+def test_robustness_needs_a_noise_factor():
+    cells = cell_summary(hand_table(), ["loss"], ["test_acc"])
+    assert robustness_summary(cells, ["loss"], "test_acc").is_empty()
+
+
+def test_cell_keys_are_varying_config_columns_spec_factors_first():
+    trials = hand_table().with_columns(
+        pl.Series("train.lr", [0.002, 0.01] * 6),
+        pl.Series("method_options.scenario", ["open"] * 12),
+    )
+    # seed varies but is no cell key; test_acc varies but is no config; method and scenario are constant.
+    assert cell_keys(trials, ["noise_rate", "loss", "n_ctx"]) == ["noise_rate", "loss", "train.lr"]
+
+
+def test_metric_columns_keep_method_columns_that_hold_values():
+    trials = hand_table().with_columns(pl.lit(61.5).alias("many_acc"), pl.lit(3.0).alias("custom_score"))
+    # auroc is all empty: a method that does not compute it.
+    assert metric_columns(trials) == ["test_acc", "many_acc", "custom_score", "wall_s"]
+
+
+def test_excluded_trials_list_status_and_error():
+    excluded = excluded_trials(hand_table(), ["loss", "noise_rate"])
+    assert excluded.select("seed", "status", "error").rows() == [
+        (3, "flagged_nan", "flagged_nan error"),
+        (4, "failed", "failed error"),
+    ]
+
+
+def test_paper_table_and_exports(tmp_path):
+    rows = [
+        trial_row({"loss": loss, "noise_rate": rate, "noise_type": "symmetric", "seed": seed}, {"test_acc": acc})
+        for loss, rate, seed, status, acc in TABLE
+        if status == "completed"
+    ]
+    rows.append(
+        trial_row(
+            {"loss": "ce", "noise_rate": 0.5, "noise_type": "symmetric", "seed": 4}, {"test_acc": 1.0}, "failed", "boom"
+        )
+    )
+    folder = write_study(tmp_path / "s", {"name": "s", "factors": {"loss": ["ce", "gce"]}, "planned_trials": 12}, rows)
+    study = load_study(folder)
+    assert study.keys == ["loss", "noise_rate"]
+    cells = cell_summary(study.trials, study.keys, ["test_acc"])
+    table = paper_table(cells, study.keys, ["test_acc"])
+    assert table.row(0) == ("ce", "0", "3", "72.00 ± 4.97")
+    assert table.filter(pl.col("noise_rate") == "0.5")["seeds"].item() == "2 (1 excluded)"
+
+    written = export_tables(study, cells, robustness_summary(cells, study.keys), tmp_path / "out")
+    assert [p.name for p in written] == ["cells.csv", "robustness.csv", "summary.md"]
+    csv = pl.read_csv(tmp_path / "out" / "cells.csv")
+    assert csv.filter(pl.col("loss") == "ce").sort("noise_rate")["test_acc_mean"].to_list() == [72.0, 66.0, 52.0]
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| loss | noise_rate | seeds | test_acc |" in md
+    assert "| ce | 0 | 3 | 72.00 ± 4.97 |" in md
+    assert "| loss | n_rates | rate_lo | rate_hi | test_acc_lo | test_acc_hi | drop | auc | auc_norm |" in md
+    assert "| ce | 3 | 0 | 0.5 | 72.00 | 52.00 | 20.00 | 32.00 | 64.00 |" in md
+
+
+def test_load_study_keeps_the_last_row_of_a_retried_trial_and_tells_partial(tmp_path):
+    config = {"loss": "ce", "seed": 1}
+    first = trial_row(config, {"test_acc": 10.0}, "failed", "preempted")
+    retry = trial_row(config, {"test_acc": 70.0})
+    other = trial_row({"loss": "gce", "seed": 1}, {"test_acc": 75.0})
+    folder = write_study(tmp_path / "s", {"name": "s", "planned_trials": 4}, [first, retry, other])
+    study = load_study(folder)
+    assert study.trials.height == 2
+    assert study.trials.filter(pl.col("loss") == "ce")["status"].item() == "completed"
+    assert study.partial and study.status_counts() == {"completed": 2}
+
+
+def test_load_study_without_results_yet(tmp_path):
+    study = load_study(write_study(tmp_path / "s", {"name": "s", "planned_trials": 4}, []))
+    assert study.trials.is_empty() and study.keys == [] and study.metrics == [] and study.partial
+
+
+def test_load_study_needs_a_study_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no study.yaml"):
+        load_study(tmp_path)
+
+
+def test_method_options_stored_as_json_become_columns(tmp_path):
+    rows = [
+        trial_row(
+            {"method": "upl", "method_options.selection": selection, "method_options.k": 16, "seed": seed},
+            {"test_acc": 70.0 + seed},
+        )
+        for selection in ("confident", "random")
+        for seed in (1, 2)
+    ]
+    study = load_study(write_study(tmp_path / "s", {"name": "s"}, rows))
+    assert "method_options" not in study.trials.columns
+    assert study.trials["method_options.k"].to_list() == [16] * 4
+    assert study.keys == ["method_options.selection"]
+    cells = cell_summary(study.trials, study.keys, study.metrics)
+    assert cells["method_options.selection"].to_list() == ["confident", "random"]

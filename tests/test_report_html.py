@@ -1,0 +1,128 @@
+"""The report file: self-contained, marked partial when it is, reachable from the command line,
+and clean in a real browser."""
+
+from pathlib import Path
+
+import pytest
+import report_fixtures as fx
+from plotly.offline import get_plotlyjs
+from typer.testing import CliRunner
+
+from ptlab.report import cli
+from ptlab.report.dashboard import SHIPPED
+from ptlab.report.html import build_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def grid_report(tmp_path_factory) -> Path:
+    return build_report(fx.noise_grid(tmp_path_factory.mktemp("grid") / "grid"))
+
+
+def test_report_is_one_self_contained_file(grid_report):
+    page = grid_report.read_text()
+    assert grid_report == grid_report.parent.parent / "report" / "index.html"
+    bundle = get_plotlyjs()
+    assert page.count(bundle) == 1
+    # Outside plotly.js itself, nothing refers to the network or to another file but the tables.
+    rest = page.replace(bundle, "")
+    assert "http" not in rest and "<script src" not in rest
+    # Every figure of robustness.yaml, none skipped.
+    assert page.count('class="plotly-graph-div"') == 5 and "Not shown" not in page
+
+
+def test_report_shows_summary_exclusions_spec_and_tables(grid_report):
+    page = grid_report.read_text()
+    assert 'data-report-state="complete"' in page and "all 72 planned trials" in page
+    assert "<td>82.00 ± 2.48</td>" in page
+    assert "seed 2 failed; seed 3 flagged_nan" in page and "RuntimeError: CUDA out of memory" in page
+    assert "Robustness to label noise</h2>" in page
+    assert "planned_trials: 72" in page
+    assert {p.name for p in grid_report.parent.iterdir()} == {"index.html", "cells.csv", "robustness.csv", "summary.md"}
+
+
+def test_partial_study_is_marked_partial(tmp_path):
+    page = build_report(fx.noise_grid(tmp_path / "grid", keep=30)).read_text()
+    assert 'data-report-state="partial"' in page
+    assert "Partial report: 30 of 72 planned trials have results" in page
+
+
+def test_study_without_plan_or_results(tmp_path):
+    folder = fx.write_study(tmp_path / "empty", {"name": "empty", "method": "coop", "planned_trials": 8}, [])
+    page = build_report(folder).read_text()
+    assert "no trial has finished yet" in page and 'data-report-state="partial"' in page
+    rows = [fx.trial_row({"seed": s}, {"test_acc": 70.0 + s}) for s in (1, 2)]
+    unplanned = fx.write_study(tmp_path / "unplanned", {"name": "unplanned", "method": "coop"}, rows)
+    assert "completeness unknown" in build_report(unplanned).read_text()
+
+
+def test_cli_builds_with_a_dashboard_override(tmp_path):
+    folder = fx.lpt_study(tmp_path / "lpt")
+    result = CliRunner().invoke(cli.app, [str(folder), "--dashboard", str(SHIPPED / "search.yaml")])
+    assert result.exit_code == 0, result.output
+    page = (folder / "report" / "index.html").read_text()
+    assert str(folder / "report" / "index.html") in result.output
+    assert "Hyperparameter search" in page and "no Optuna storage" in page
+
+
+def test_cli_reports_a_bad_dashboard(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("title: t\nfigures: []\n")
+    result = CliRunner().invoke(cli.app, [str(fx.upl_study(tmp_path / "upl")), "--dashboard", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}: invalid dashboard" in result.output and "field figures" in result.output
+
+
+def test_cli_open_hands_the_file_to_the_browser(tmp_path, monkeypatch):
+    opened = []
+    monkeypatch.setattr(cli.webbrowser, "open", opened.append)
+    folder = fx.upl_study(tmp_path / "upl")
+    assert CliRunner().invoke(cli.app, [str(folder), "--open"]).exit_code == 0
+    assert opened == [(folder / "report" / "index.html").resolve().as_uri()]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
+)
+@pytest.mark.parametrize("kind", ["grid", "search", "lpt"])
+def test_report_in_headless_chromium(kind, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    # Between them, these reports hold every figure kind.
+    make = {"grid": fx.noise_grid, "search": fx.search_study, "lpt": fx.lpt_study}[kind]
+    page_path = build_report(make(tmp_path / kind))
+    expected = page_path.read_text().count('class="plotly-graph-div"')
+    problems = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(page_path.as_uri())
+            # Plotly marks a div js-plotly-plot once it has drawn into it.
+            page.wait_for_function(
+                f"document.querySelectorAll('.js-plotly-plot').length === {expected}", timeout=60_000
+            )
+            drawn = page.evaluate(
+                "[...document.querySelectorAll('.js-plotly-plot')]"
+                ".map(d => d.querySelectorAll('.main-svg, canvas').length)"
+            )
+            assert len(drawn) == expected and all(drawn)
+            assert page.locator("#status").inner_text().startswith("Complete")
+            shot = tmp_path / f"{kind}.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert problems == []
+    assert shot.stat().st_size > 50_000
