@@ -50,6 +50,11 @@ class DataConfig(Frozen):
     imbalance: float = Field(100.0, ge=1)  # world long-tailed tasks: n_max / n_min
     val_shots: int | None = None  # default min(shots, 4)
     download: bool = False  # torchvision: sources may fetch a missing dataset only when asked
+    # Class shift (ptlab.data.shift), read by the methods that evaluate under it
+    # (ueo, entropy_min, zeroshot_mcm): which classes are prompted, which the
+    # unlabelled data holds; "none" = every class everywhere.
+    scenario: Literal["none", "closed", "partial", "open", "open_partial"] = "none"
+    class_split: str = "proportional"  # proportional | office31 | officehome | visda | domainnet | JSON file
 
 
 class TrialConfig(Frozen):

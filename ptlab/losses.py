@@ -141,3 +141,38 @@ def make_loss(name: str, reduction: str = "mean", **params: float) -> Loss:
     if "q" in params:
         _check_q(params["q"])
     return functools.partial(fn, reduction=reduction, **params)
+
+
+# --- unsupervised objectives (no targets) ----------------------------------
+
+ENTROPY_EPS = 1e-5  # UEO's offset inside the log, as in its paper and code
+
+
+def entropy(probs: torch.Tensor, eps: float = ENTROPY_EPS) -> torch.Tensor:
+    """H(p) = -sum_k p_k log(p_k + eps) over the last dimension."""
+    return -(probs * torch.log(probs + eps)).sum(dim=-1)
+
+
+def ueo_objective(logits: torch.Tensor, weights: torch.Tensor | None = None, lam: float = 1.0) -> torch.Tensor:
+    """Universal entropy optimisation (Liang et al. 2024), methods.md section 7.
+
+    L = sum_i w_i H(p_i) / sum_i w_i - lam * H(sum_i (p_i / w_i) / sum_i (1 / w_i)),
+    p = softmax(logits). Confident (likely known-class) samples weigh more in
+    the conditional entropy they minimise; unconfident (likely unknown) ones
+    weigh more in the marginal whose entropy is maximised, which spreads them
+    over the classes rather than forcing them into one. weights=None is
+    uniform, the information-maximisation loss; lam=0 with uniform weights is
+    plain entropy minimisation.
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"expected logits (N, C), got {tuple(logits.shape)}")
+    probs = F.softmax(logits.float(), dim=1)
+    if weights is None:
+        weights = torch.ones(len(probs), device=probs.device)
+    weights = weights.to(probs.device, torch.float32)
+    if weights.shape != probs.shape[:1] or bool((weights <= 0).any()):
+        raise ValueError(f"expected {len(probs)} positive weights, got shape {tuple(weights.shape)}")
+    conditional = (weights * entropy(probs)).sum() / weights.sum()
+    inverse = 1.0 / weights
+    marginal = (inverse[:, None] * probs).sum(dim=0) / inverse.sum()
+    return conditional - lam * entropy(marginal)

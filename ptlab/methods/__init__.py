@@ -13,11 +13,18 @@ from ptlab.methods.base import STATUS_FAILED, Timer, TrialContext, TrialRecord, 
 METHODS: dict[str, str] = {
     "zeroshot": "ptlab.methods.zeroshot",
     "coop": "ptlab.methods.coop",
+    # One protocol, three recipes (class shift; the module dispatches on cfg.method).
+    "ueo": "ptlab.methods.ueo",
+    "entropy_min": "ptlab.methods.ueo",
+    "zeroshot_mcm": "ptlab.methods.ueo",
 }
 # Metrics each method reports per epoch or at the end, for validating study metrics.
 METHOD_METRICS: dict[str, tuple[str, ...]] = {
     "zeroshot": ("test_acc", "test_macro_acc", "val_acc"),
     "coop": ("test_acc", "test_macro_acc", "val_acc", "train_loss", "train_acc_noisy", "train_acc_true"),
+    "ueo": ("test_acc", "test_macro_acc", "auroc", "train_loss", "weight_auroc"),
+    "entropy_min": ("test_acc", "test_macro_acc", "auroc", "train_loss", "weight_auroc"),
+    "zeroshot_mcm": ("test_acc", "test_macro_acc", "auroc"),
 }
 
 

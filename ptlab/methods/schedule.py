@@ -35,3 +35,16 @@ def epoch_lr(epoch: int, train: TrainConfig) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def iteration_lr(step: int, total_steps: int, warmup_steps: int, train: TrainConfig) -> float:
+    """Learning rate of 0-based optimiser step `step` for recipes that schedule per iteration.
+
+    The same shape as `epoch_lr` on a finer clock: constant warm-up steps
+    that count towards a cosine reaching 0 after `total_steps`.
+    """
+    if step < warmup_steps:
+        return train.warmup_lr
+    if train.scheduler == "constant":
+        return train.lr
+    return 0.5 * train.lr * (1 + math.cos(math.pi * step / max(total_steps, 1)))
