@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ptlab.study.cli import app as study_app
+
 app = typer.Typer(no_args_is_help=True, help="Robustness and hyperparameter studies of prompt tuning on CLIP models.")
 trial_app = typer.Typer(no_args_is_help=True, help="Run one trial without Ray (the debugging path).")
 world_app = typer.Typer(no_args_is_help=True, help="The embedded image world and its tiny pretrained CLIPs.")
@@ -14,6 +16,7 @@ app.add_typer(trial_app, name="trial")
 data_app = typer.Typer(no_args_is_help=True, help="Dataset sources: list them, check a local dataset.")
 app.add_typer(world_app, name="world")
 app.add_typer(data_app, name="data")
+app.add_typer(study_app, name="study")
 
 
 def _fail(message: str) -> None:

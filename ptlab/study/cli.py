@@ -1,0 +1,147 @@
+"""`ptlab study ...`: validate, run, resume and inspect studies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Robustness grids and hyperparameter searches, every trial on Ray.")
+
+ADDRESS_HELP = "Join an existing Ray cluster ('auto' or ray://HOST:10001); default: start a local one."
+CPUS_HELP = "CPUs of the local Ray cluster (default: all cores). Ignored with --address."
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _load(path: Path):
+    from ptlab.study.spec import StudyError, load_study
+
+    try:
+        return load_study(path)
+    except StudyError as err:
+        _fail(str(err))
+
+
+def _describe(spec) -> None:
+    trials = spec.trials() if not spec.search else []
+    typer.echo(f"study {spec.name}: {spec.kind}, method {spec.method}, runner {spec.runner}, "
+               f"resources {spec.resources.model_dump()}")
+    if spec.search:
+        s = spec.search
+        asha = f"ASHA {s.asha.model_dump()}" if s.asha else "no early stopping"
+        typer.echo(f"  search: {s.samples} samples of {', '.join(s.space)}; {s.mode} {s.metric}; {asha}")
+    else:
+        typer.echo(f"  {spec.n_cells()} cells x {len(spec.seeds)} seeds ({spec.seeds})")
+        shown = trials[:: len(spec.seeds)]
+        for trial in shown[:20]:
+            cell = ", ".join(f"{k}={v}" for k, v in trial.cell.items()) or "(the base config)"
+            typer.echo(f"    cell {trial.cell_id}: {cell}")
+        if len(shown) > 20:
+            typer.echo(f"    ... and {len(shown) - 20} more cells")
+    typer.echo(f"  planned trials: {spec.n_planned()}")
+
+
+@app.command()
+def validate(study: Path = typer.Argument(..., help="Study YAML file.")):
+    """Check a study without running anything; print its cells and trial count."""
+    spec = _load(study)
+    _describe(spec)
+    typer.secho(f"{study}: valid", fg=typer.colors.GREEN)
+
+
+def _execute(spec, study_dir: Path, address: str | None, cpus: int | None, resume: bool) -> None:
+    from ptlab.study.tuner import connect, dashboard_help, run_study
+
+    try:
+        connection = connect(address, cpus)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        _fail(f"could not {'join the Ray cluster at ' + address if address else 'start Ray'}: {err}")
+    typer.echo(dashboard_help(connection))
+    typer.echo(f"study folder: {study_dir}")
+    try:
+        finished = run_study(spec, study_dir, connection, resume=resume)
+    except RuntimeError as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        finished = False
+    finally:
+        if connection.started_here:
+            import ray
+
+            ray.shutdown()
+    if not finished:
+        _fail(f"interrupted: finished trials are stored in {study_dir}. "
+              f"Continue with: ptlab study resume {study_dir}", code=130)
+    _summarise(spec, study_dir)
+
+
+def _summarise(spec, study_dir: Path) -> None:
+    from rich.console import Console
+
+    from ptlab.study.progress import render_status, study_status
+
+    Console().print(render_status(study_status(study_dir)))
+    typer.echo(f"results: {study_dir / 'results.parquet'}, curves: {study_dir / 'curves.parquet'}")
+    try:
+        from ptlab.report.html import build_report
+    except ImportError:
+        return
+    html = build_report(study_dir, dashboard=spec.report)
+    typer.echo(f"report: {html}")
+
+
+@app.command()
+def run(
+    study: Path = typer.Argument(..., help="Study YAML file, e.g. studies/noise_grid.yaml."),
+    address: str = typer.Option(None, help=ADDRESS_HELP),
+    out: Path = typer.Option(None, help="Study folder (default runs/<study name>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show the plan; run nothing."),
+    cpus: int = typer.Option(None, help=CPUS_HELP),
+):
+    """Validate, run every trial on Ray, store results and write the report."""
+    spec = _load(study)
+    _describe(spec)
+    if dry_run:
+        return
+    study_dir = (out or Path("runs") / spec.name).resolve()
+    if (study_dir / "study.yaml").is_file():
+        _fail(f"{study_dir} already holds a study; continue it with `ptlab study resume {study_dir}` "
+              "or choose another folder with --out")
+    _execute(spec, study_dir, address, cpus, resume=False)
+
+
+@app.command()
+def resume(
+    study_dir: Path = typer.Argument(..., help="Study folder of an interrupted run."),
+    address: str = typer.Option(None, help=ADDRESS_HELP),
+    cpus: int = typer.Option(None, help=CPUS_HELP),
+):
+    """Continue an interrupted study: finished trials are kept, unfinished ones resume from their checkpoints."""
+    from ptlab.study.tuner import TUNE_DIR
+
+    study_dir = study_dir.resolve()
+    if not (study_dir / "study.yaml").is_file():
+        _fail(f"{study_dir}: not a study folder (no study.yaml); start a study with `ptlab study run STUDY.yaml`")
+    spec = _load(study_dir / "study.yaml")
+    # a driver killed before Tune saved anything leaves nothing to restore: start over in place
+    started = (study_dir / TUNE_DIR / "tuner.pkl").is_file()
+    _execute(spec, study_dir, address, cpus, resume=started)
+
+
+@app.command()
+def status(study_dir: Path = typer.Argument(..., help="Study folder.")):
+    """Trials done, running, failed and pruned; best so far; time spent."""
+    from rich.console import Console
+
+    from ptlab.study.progress import render_status, study_status
+
+    if not (study_dir / "study.yaml").is_file():
+        _fail(f"{study_dir}: not a study folder (no study.yaml)")
+    summary = study_status(study_dir)
+    Console().print(render_status(summary))
+    if summary["state"] == "interrupted":
+        typer.echo(f"no driver is running this study; continue it with: ptlab study resume {study_dir}")

@@ -1,0 +1,490 @@
+"""The study file: schema, loading, and validation that points at the offending line.
+
+A study YAML holds study keys (name, method, factors, seeds, search, ...) and,
+beside them, any TrialConfig field (backbone, dataset, shots, train, ...) as
+the base config every trial starts from. Validation runs before anything
+else and reports every problem at once as `FILE:LINE: field F: what is wrong;
+what is allowed`; it never loads weights or data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ptlab.config import TrialConfig
+from ptlab.study.space import (
+    Dist,
+    FieldPathError,
+    PlannedTrial,
+    expand_grid,
+    is_integer_field,
+    resolve_field,
+)
+
+STUDY_KEYS = (
+    "name", "description", "method", "factors", "seeds", "search", "resources", "runner",
+    "retries", "max_concurrent", "report", "planned_trials", "spec_hash",
+)
+TRIAL_KEYS = tuple(k for k in TrialConfig.model_fields if k not in ("method", "seed"))
+# Keys that change which trials run or what they compute; the rest is how they run.
+HASHED_KEYS = ("method", "base", "factors", "seeds", "search")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Resources(Frozen):
+    """Per trial; with runner: train, cpu and gpu are per worker."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+    workers: int = Field(1, ge=1)
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_gpus(cls, gpu: float) -> float:
+        if gpu > 1 and gpu != int(gpu):
+            raise ValueError("a trial takes a fraction of one GPU (e.g. 0.25) or whole GPUs (1, 2, ...)")
+        return gpu
+
+
+class Asha(Frozen):
+    """ASHA on the trial's own `epoch`: rungs at grace_period * reduction_factor^k epochs."""
+
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+
+
+class Search(Frozen):
+    space: dict[str, Dist] = Field(min_length=1)
+    samples: int = Field(ge=1)
+    metric: str = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    asha: Asha | None = Asha()
+    sampler_seed: int | None = None  # default: the study's seed
+
+
+class StudySpec(Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
+    description: str = ""
+    method: str
+    base: TrialConfig
+    factors: dict[str, list[Any]] = {}
+    seeds: list[int] = Field([1], min_length=1)
+    search: Search | None = None
+    resources: Resources = Resources()
+    runner: Literal["train", "inline"] = "train"
+    retries: int = Field(1, ge=0)
+    max_concurrent: int | None = Field(None, ge=1)
+    report: str | None = None
+    planned_trials: int | None = None
+    spec_hash: str | None = None
+
+    @property
+    def kind(self) -> Literal["grid", "search"]:
+        return "search" if self.search else "grid"
+
+    def trials(self) -> list[PlannedTrial]:
+        """The grid's trials; a search study's come from its sampler as it runs."""
+        return expand_grid(self.base, self.factors, self.seeds)
+
+    def n_planned(self) -> int:
+        return self.search.samples if self.search else len(self.trials())
+
+    def n_cells(self) -> int:
+        return len(self.trials()) // len(self.seeds) if not self.search else self.search.samples
+
+    def content_hash(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json", include=set(HASHED_KEYS)), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def as_run(self) -> dict[str, Any]:
+        """The spec as it runs: every base field spelled out, with its hash and planned trial count."""
+        base = self.base.canonical()
+        base.pop("seed")
+        base.pop("method")
+        out: dict[str, Any] = {"name": self.name}
+        if self.description:
+            out["description"] = self.description
+        out["method"] = self.method
+        out.update(base)
+        out["factors"] = self.factors
+        out["seeds"] = self.seeds
+        if self.search:
+            search = self.search.model_dump(mode="json", exclude={"space"})
+            search["space"] = {k: d.to_yaml() for k, d in self.search.space.items()}
+            out["search"] = search
+        out["resources"] = self.resources.model_dump(mode="json")
+        out.update(runner=self.runner, retries=self.retries)
+        if self.max_concurrent:
+            out["max_concurrent"] = self.max_concurrent
+        out["report"] = self.report
+        out.update(planned_trials=self.n_planned(), spec_hash=self.content_hash())
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.as_run(), sort_keys=False, default_flow_style=None, width=100)
+
+
+class StudyError(ValueError):
+    """A study that does not validate; each line names file, line, field and the fix."""
+
+
+# --- YAML with line numbers --------------------------------------------------
+
+Path_ = tuple[Any, ...]
+
+
+def _line_map(text: str) -> dict[Path_, int]:
+    """1-based line of every key and list item, by its path from the document root."""
+    lines: dict[Path_, int] = {}
+
+    def walk(node: yaml.Node, path: Path_) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[path + (key.value,)] = key.start_mark.line + 1
+                walk(value, path + (key.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[path + (i,)] = item.start_mark.line + 1
+                walk(item, path + (i,))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        lines[()] = root.start_mark.line + 1
+        walk(root, ())
+    return lines
+
+
+def _field_name(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+class _Issues:
+    def __init__(self, source: str, lines: dict[Path_, int]):
+        self.source, self.lines, self.items = source, lines, []
+        # resolved path -> path as written, for renamed factor and search keys
+        self.written: dict[Path_, Path_] = {}
+
+    def _as_written(self, path: Path_) -> Path_:
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.written:
+                return self.written[path[:n]] + path[n:]
+        return path
+
+    def add(self, path: Path_, message: str) -> None:
+        path = self._as_written(tuple(path))
+        line = next((self.lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in self.lines), 0)
+        where = f"{self.source}:{line}" if line else self.source
+        self.items.append((line, f"{where}: field {_field_name(path)}: {message}"))
+
+    def add_pydantic(self, err: ValidationError) -> None:
+        for e in err.errors():
+            loc = tuple(e["loc"])
+            # base fields are written at the top level of the study file
+            loc = loc[1:] if loc[:1] == ("base",) else loc
+            # pydantic names the union member or validator it tried; the user never wrote those
+            loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+            message = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                message = "unknown field" + (_allowed_keys(loc) or "")
+            elif e["type"] != "missing" and not isinstance(e.get("input"), dict | list):
+                message = f"{e.get('input')!r}: {message}"
+            self.add(loc, message)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            lines = list(dict.fromkeys(text for _, text in sorted(self.items, key=lambda item: item[0])))
+            raise StudyError("\n".join([f"{self.source}: invalid study ({len(lines)} problems)"] + lines))
+
+
+def _allowed_keys(path: Path_) -> str:
+    models = {"resources": Resources, "search": Search, "search.asha": Asha, "train": TrialConfig.model_fields["train"].annotation,
+              "data": TrialConfig.model_fields["data"].annotation}
+    parent = ".".join(str(p) for p in path[:-1])
+    model = models.get(parent)
+    if model is None:
+        return ""
+    near = difflib.get_close_matches(str(path[-1]), list(model.model_fields), n=1)
+    hint = f" did you mean {near[0]!r}?" if near else ""
+    return f";{hint} allowed: {', '.join(model.model_fields)}"
+
+
+# --- names that need no loading -------------------------------------------------
+
+
+def backbone_problem(source: str) -> str | None:
+    """Why a backbone source cannot name a model, judged from its scheme and name only (no weights)."""
+    from ptlab.models.backbone import WORLD_BACKBONES
+
+    scheme, _, rest = source.partition(":")
+    forms = "world:tiny-vit, world:tiny-rn, MODEL:TAG (e.g. ViT-B-32:openai, RN50:openai), local-dir:PATH or ckpt:PATH"
+    if not rest:
+        return f"{source!r} needs a source: {forms}"
+    if scheme == "world":
+        if rest not in WORLD_BACKBONES:
+            return f"unknown world backbone {source!r}; allowed: {', '.join('world:' + b for b in WORLD_BACKBONES)}"
+        return None
+    if scheme in ("local-dir", "ckpt"):
+        return None
+    import open_clip
+    from open_clip.pretrained import list_pretrained_tags_by_model
+
+    models = open_clip.list_models()
+    if scheme not in models:
+        near = difflib.get_close_matches(scheme, models, n=4, cutoff=0.5)
+        return f"unknown backbone {source!r}; close open_clip models: {', '.join(near) or 'none'}; or {forms}"
+    tags = list_pretrained_tags_by_model(scheme)
+    if rest != "random" and rest not in tags and "/" not in rest:
+        return f"{scheme} has no pretrained tag {rest!r}; allowed: {', '.join(tags + ['random'])}, or a weights file path"
+    return None
+
+
+def dataset_problem(source: str) -> str | None:
+    """Why a dataset source cannot name a dataset, judged from its scheme and name only (no files read)."""
+    from ptlab.data.sources import COOP_ALIASES, SOURCE_NAMES, TORCHVISION_ALIASES, DataError, parse_source
+
+    try:
+        scheme, name = parse_source(source)
+    except DataError as err:
+        return str(err)
+    if scheme not in SOURCE_NAMES:
+        return None
+    known = SOURCE_NAMES[scheme]()
+    aliases = {"coop": COOP_ALIASES, "torchvision": TORCHVISION_ALIASES}.get(scheme, {})
+    if name.lower() not in {n.lower() for n in [*known, *aliases]}:
+        return f"unknown {scheme} dataset {name!r}; allowed: {', '.join(f'{scheme}:{n}' for n in known)}"
+    return None
+
+
+# --- validation -------------------------------------------------------------------
+
+
+def _resolve_keys(data: dict, where: Path_, issues: _Issues, forbid_seed: bool = True) -> dict:
+    """Rename shorthand field names under `where` to full paths, remembering how they were written."""
+    node = data
+    for part in where[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    mapping = node.get(where[-1]) if isinstance(node, dict) else None
+    if not isinstance(mapping, dict):
+        return data
+    resolved = {}
+    for name, value in mapping.items():
+        if not isinstance(name, str):
+            issues.add(where + (name,), "field names are strings")
+            continue
+        if forbid_seed and name == "seed":
+            issues.add(where + (name,), "seeds are not a factor: list them under `seeds:`")
+            continue
+        try:
+            full = resolve_field(name)
+        except FieldPathError as err:
+            issues.add(where + (name,), str(err))
+            continue
+        if full in resolved:
+            issues.add(where + (name,), f"names the same field as another entry ({full})")
+            continue
+        issues.written[where + (full,)] = where + (name,)
+        resolved[full] = value
+    node[where[-1]] = resolved
+    return data
+
+
+def _split_keys(data: dict, issues: _Issues) -> dict:
+    study, base = {}, {}
+    for key, value in data.items():
+        if key in STUDY_KEYS:
+            study[key] = value
+        elif key in TRIAL_KEYS:
+            base[key] = value
+        elif key == "seed":
+            issues.add((key,), "a study lists its seeds: write `seeds: [1, 2, 3]`")
+        else:
+            near = difflib.get_close_matches(str(key), STUDY_KEYS + TRIAL_KEYS, n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            issues.add((key,), f"unknown field; {hint}allowed: study keys ({', '.join(STUDY_KEYS)}) "
+                               f"or trial config fields ({', '.join(TRIAL_KEYS)})")
+    study["base"] = {**base, "method": data["method"]} if isinstance(data.get("method"), str) else base
+    return study
+
+
+def _check_value(base: TrialConfig, path: str, value: Any, alone: bool = False) -> str | None:
+    """What is wrong with setting `path` to `value` on the base config.
+
+    With alone=True only the value itself is judged; rules that tie several
+    fields together are left to the cell that combines them.
+    """
+    from ptlab.methods import METHODS
+
+    if path == "method" and value not in METHODS:
+        return f"unknown method {value!r}; allowed: {', '.join(sorted(METHODS))}"
+    if path == "backbone" and isinstance(value, str):
+        return backbone_problem(value)
+    if path == "dataset" and isinstance(value, str):
+        return dataset_problem(value)
+    try:
+        base.with_updates({path: value})
+    except ValidationError as err:
+        errors = [e for e in err.errors() if e["loc"] or not alone]
+        if errors:
+            return f"{value!r}: {errors[0]['msg'].removeprefix('Value error, ')}"
+    return None
+
+
+def _check_factors(spec: StudySpec, issues: _Issues) -> bool:
+    ok = True
+    for path, values in spec.factors.items():
+        if not values:
+            issues.add(("factors", path), "empty list: every factor needs at least one value (an empty factor empties the grid)")
+            ok = False
+            continue
+        seen = []
+        for i, value in enumerate(values):
+            if value in seen:
+                issues.add(("factors", path, i), f"{value!r} is listed twice")
+                ok = False
+            seen.append(value)
+            problem = _check_value(spec.base, path, value, alone=True)
+            if problem:
+                issues.add(("factors", path, i), problem)
+                ok = False
+    return ok
+
+
+def _check_cells(spec: StudySpec, issues: _Issues) -> None:
+    from ptlab.study.space import grid_cells
+
+    bad = []
+    for cell in grid_cells(spec.factors):
+        try:
+            spec.base.with_updates(cell)
+        except ValidationError as err:
+            bad.append(f"{json.dumps(cell)} ({err.errors()[0]['msg'].removeprefix('Value error, ')})")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        issues.add(("factors",), f"{len(bad)} cells are not valid trials: {'; '.join(bad[:3])}{more}; "
+                                 "change the factor values so every combination is valid")
+
+
+def _check_search(spec: StudySpec, issues: _Issues) -> None:
+    from ptlab.methods import METHOD_METRICS
+
+    search = spec.search
+    for path, dist in search.space.items():
+        if path in spec.factors:
+            issues.add(("search", "space", path), "is also a factor; a field is either searched or a factor")
+        if is_integer_field(path) and dist.kind in ("uniform", "log_uniform"):
+            issues.add(("search", "space", path), f"{path} is an integer field: use int: [lo, hi] or log_int: [lo, hi]")
+            continue
+        if path == "train.epochs" and search.asha:
+            issues.add(("search", "space", path), "ASHA schedules over epochs; search train.epochs only with asha: null")
+            continue
+        for value in dist.probe_values():
+            problem = _check_value(spec.base, path, value)
+            if problem:
+                issues.add(("search", "space", path, dist.kind), problem)
+    methods = spec.factors.get("method", [spec.method])
+    for method in methods:
+        produced = METHOD_METRICS.get(method, ())
+        if method in METHOD_METRICS and search.metric not in produced:
+            issues.add(("search", "metric"), f"{search.metric!r} is not produced by method {method}; allowed: {', '.join(produced)}")
+    multi = [p for p, v in spec.factors.items() if len(v) > 1]
+    if multi:
+        issues.add(("factors",), f"a search study tunes one cell, but {', '.join(multi)} list several values; "
+                                 "search them (a choice in search.space) or run one study per value")
+    if len(spec.seeds) > 1:
+        issues.add(("seeds",), "a search study runs one seed (each sample is one trial); list a single seed")
+    if search.asha:
+        epochs = spec.base.train.epochs
+        if search.asha.grace_period >= epochs:
+            issues.add(("search", "asha", "grace_period"),
+                       f"{search.asha.grace_period} must be below train.epochs ({epochs}): ASHA's rungs come before the last epoch")
+
+
+def _check_report(spec: StudySpec, source: Path | None, issues: _Issues) -> str | None:
+    if spec.report is None:
+        return None
+    candidates = [Path(spec.report).expanduser()]
+    if source is not None and not candidates[0].is_absolute():
+        candidates = [source.parent / spec.report, source.parent.parent / spec.report, Path.cwd() / spec.report]
+    for path in candidates:
+        if path.is_file():
+            return str(path.resolve())
+    issues.add(("report",), f"no dashboard file {spec.report!r} (looked in {', '.join(str(c.parent) for c in candidates)}); "
+                            "name a YAML file under dashboards/ or leave `report` out for the default")
+    return None
+
+
+def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_, int] | None = None) -> StudySpec:
+    """A checked StudySpec from parsed YAML, or a StudyError listing every problem."""
+    path = Path(source) if source != "<study>" else None
+    issues = _Issues(str(source), lines or {})
+    if not isinstance(data, dict):
+        issues.add((), "a study is a mapping of fields (name, method, factors, seeds, ...)")
+        issues.raise_if_any()
+    data = _resolve_keys(dict(data), ("factors",), issues)
+    if isinstance(data.get("search"), dict):
+        data["search"] = dict(data["search"])
+        data = _resolve_keys(data, ("search", "space"), issues)
+    study = _split_keys(data, issues)
+    for key in ("method", "backbone", "dataset"):
+        problem = _check_value(TrialConfig(), key, data[key]) if isinstance(data.get(key), str) else None
+        if problem:
+            issues.add((key,), problem)
+    try:
+        spec = StudySpec.model_validate(study)
+    except ValidationError as err:
+        issues.add_pydantic(err)
+    issues.raise_if_any()
+
+    if len(set(spec.seeds)) != len(spec.seeds):
+        issues.add(("seeds",), "a seed is listed twice")
+    if _check_factors(spec, issues) and not spec.search:
+        _check_cells(spec, issues)
+    if spec.search:
+        _check_search(spec, issues)
+    if spec.resources.workers > 1 and spec.runner == "inline":
+        issues.add(("resources", "workers"), "data-parallel workers need runner: train (inline runs one process)")
+    report = _check_report(spec, path, issues)
+    issues.raise_if_any()
+    if spec.planned_trials is not None and spec.planned_trials != spec.n_planned():
+        issues.add(("planned_trials",), f"says {spec.planned_trials} but the study plans {spec.n_planned()} trials; "
+                                        "fix or remove planned_trials")
+    if spec.spec_hash is not None and spec.spec_hash != spec.content_hash():
+        issues.add(("spec_hash",), f"the study's trials changed since it was written (hash {spec.content_hash()}, "
+                                   f"file says {spec.spec_hash}); remove spec_hash to treat it as a new study")
+    issues.raise_if_any()
+    return spec.model_copy(update={"report": report}) if report else spec
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
+    try:
+        return yaml.safe_load(text), _line_map(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(err, "problem", None) or str(err)
+        raise StudyError(f"{where}: not valid YAML: {problem}") from err
+
+
+def load_study(path: str | Path) -> StudySpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as err:
+        raise StudyError(f"{path}: no such study file") from err
+    except (IsADirectoryError, UnicodeDecodeError) as err:
+        raise StudyError(f"{path}: not a readable YAML study file: {err}") from err
+    data, lines = parse_yaml(text, str(path))
+    return validate_study(data, path, lines)

@@ -1,0 +1,146 @@
+"""Trial outcomes → results.parquet (one row per trial) and curves.parquet (one row per trial and epoch).
+
+Each file is rewritten whole into a temporary file and renamed over the old
+one, so a reader, or a driver killed mid-write, only ever sees a complete file
+holding every trial recorded before. Curves are written before results: a
+trial listed in results always has its curve. Rows are keyed by Tune's trial
+id, so recording a trial twice (after a resume) replaces, never duplicates.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ptlab.study.trial import atomic_write
+
+RESULTS = "results.parquet"
+CURVES = "curves.parquet"
+KEY = "tune_trial_id"
+PROVENANCE_COLUMNS = {
+    "ptlab": "ptlab_version",
+    "torch": "torch_version",
+    "open_clip": "open_clip_version",
+    "ray": "ray_version",
+    "python": "python_version",
+    "git_commit": "git_commit",
+}
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted columns (`train.lr`); open mappings and lists become JSON strings so every column is a scalar."""
+    out: dict[str, Any] = {}
+    for name, value in config.items():
+        column = f"{prefix}{name}"
+        if isinstance(value, dict) and name != "method_options":
+            out.update(flatten_config(value, f"{column}."))
+        elif isinstance(value, dict | list | tuple):
+            out[column] = json.dumps(value, sort_keys=True)
+        else:
+            out[column] = value
+    return out
+
+
+def _number(value: Any) -> float | int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+@dataclass
+class TrialOutcome:
+    """What the study knows of one trial when it ends, however it ended."""
+
+    key: str
+    trial_id: str
+    cell_id: str
+    status: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    curve: list[dict[str, Any]]
+    timings: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+    def row(self) -> dict[str, Any]:
+        config_columns = flatten_config(self.config)
+        row: dict[str, Any] = {
+            "trial_id": self.trial_id,
+            "cell_id": self.cell_id,
+            KEY: self.key,
+            "status": self.status,
+            "error": self.error,
+            **config_columns,
+            "config_json": json.dumps(self.config, sort_keys=True),
+        }
+        for name, value in self.metrics.items():
+            number = _number(value)
+            if number is None or name in ("epoch", "epochs_done"):
+                continue
+            # a metric named like a config column must not overwrite it
+            row[f"metric.{name}" if name in config_columns else name] = float(number)
+        row["epochs_done"] = int(self.metrics.get("epochs_done", self.curve[-1]["epoch"] if self.curve else 0))
+        finished = self.timings.get("finished_at")
+        row.update(
+            wall_s=_number(self.timings.get("wall_s")),
+            recipe_s=_number(self.timings.get("recipe_s")),
+            attempts=_number(self.timings.get("attempts")),
+            finished_at=datetime.fromtimestamp(finished, timezone.utc).isoformat(timespec="seconds") if finished else None,
+        )
+        for source, column in PROVENANCE_COLUMNS.items():
+            row[column] = self.provenance.get(source, "")
+        return row
+
+    def curve_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for point in self.curve:
+            values = {k: float(v) for k, v in point.items() if _number(v) is not None and k != "epoch"}
+            rows.append({"trial_id": self.trial_id, KEY: self.key, "epoch": int(point["epoch"]), **values})
+        return rows
+
+
+class ResultStore:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    @property
+    def results_path(self) -> Path:
+        return self.folder / RESULTS
+
+    @property
+    def curves_path(self) -> Path:
+        return self.folder / CURVES
+
+    def results(self) -> pl.DataFrame:
+        return pl.read_parquet(self.results_path) if self.results_path.is_file() else pl.DataFrame()
+
+    def curves(self) -> pl.DataFrame:
+        return pl.read_parquet(self.curves_path) if self.curves_path.is_file() else pl.DataFrame()
+
+    def keys(self) -> set[str]:
+        df = self.results()
+        return set(df[KEY].to_list()) if df.height else set()
+
+    def add(self, outcome: TrialOutcome) -> None:
+        curve = pl.DataFrame(outcome.curve_rows()) if outcome.curve else None
+        self._replace(self.curves_path, self.curves(), outcome.key, curve)
+        self._replace(self.results_path, self.results(), outcome.key, pl.DataFrame([outcome.row()]))
+
+    def _replace(self, path: Path, old: pl.DataFrame, key: str, new: pl.DataFrame | None) -> None:
+        if old.height:
+            old = old.filter(pl.col(KEY) != key)
+        frames = [f for f in (old, new) if f is not None and f.height]
+        if not frames:
+            return
+        # Metrics differ between methods and statuses: missing columns become nulls.
+        merged = pl.concat(frames, how="diagonal_relaxed")
+        buffer = io.BytesIO()
+        merged.write_parquet(buffer)
+        atomic_write(path, buffer.getvalue())
+

@@ -1,0 +1,239 @@
+"""The trainable: one Tune trial runs one recipe call, inline or as a Ray Train job.
+
+Both runners share `execute`, which builds the recipe's TrialContext. Every
+trial owns a folder `trials/<key>/` (key = Tune's trial id) in the study:
+
+  curve.jsonl     one line per reported epoch, written before Ray sees it
+  checkpoint.pt   the recipe's last resumable state (atomic replace)
+  record.json     the finished TrialRecord, written once the recipe returns
+  log.txt         the recipe's log lines
+
+The files, not Ray's memory, are what results are built from, so a driver
+killed at any moment loses nothing a trial finished: a restarted trial finds
+its record and only reports it again, or finds its checkpoint and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ptlab.config import TrialConfig
+
+FINAL = "final"  # set on the one result a trial sends after its recipe returned
+
+
+def _jsonable(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class TrialFiles:
+    folder: Path
+
+    @property
+    def curve(self) -> Path:
+        return self.folder / "curve.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / "checkpoint.pt"
+
+    @property
+    def record(self) -> Path:
+        return self.folder / "record.json"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "log.txt"
+
+    def append_curve(self, row: dict[str, Any]) -> None:
+        with open(self.curve, "a") as f:
+            f.write(json.dumps(row, default=_jsonable) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_curve(self) -> list[dict[str, Any]]:
+        """Reported epochs, the latest report of an epoch winning (a resumed trial repeats some)."""
+        if not self.curve.is_file():
+            return []
+        by_epoch: dict[int, dict[str, Any]] = {}
+        for line in self.curve.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # the line a kill cut short
+                continue
+            by_epoch[int(row["epoch"])] = row
+        return [by_epoch[e] for e in sorted(by_epoch)]
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(self.checkpoint, buffer.getvalue())
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        if not self.checkpoint.is_file():
+            return None
+        import torch
+
+        return torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        atomic_write(self.record, json.dumps(record, default=_jsonable).encode())
+
+    def read_record(self) -> dict[str, Any] | None:
+        if not self.record.is_file():
+            return None
+        return json.loads(self.record.read_text())
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What every trial of a study shares; the trial's own config comes from Tune."""
+
+    study_dir: str
+    base: dict[str, Any]  # TrialConfig of search studies, before sampled params
+    runner: str
+    cpu: float
+    gpu: float
+    workers: int
+
+    @property
+    def cache_dir(self) -> Path:
+        # the feature cache keeps its files under features/ of this root
+        return Path(self.study_dir)
+
+    def files(self, key: str) -> TrialFiles:
+        return TrialFiles(Path(self.study_dir) / "trials" / key)
+
+    def config(self, tune_config: dict[str, Any]) -> TrialConfig:
+        if "trial" in tune_config:  # grid: the whole config is the grid value
+            return TrialConfig.model_validate(tune_config["trial"])
+        return TrialConfig.model_validate(self.base).with_updates(tune_config)
+
+
+def final_result(record: dict[str, Any]) -> dict[str, Any]:
+    """The last result a trial sends: its final metrics, marked so searchers know it was not stopped."""
+    numbers = {k: v for k, v in record["metrics"].items() if isinstance(v, int | float)}
+    epochs = int(numbers.get("epochs_done", len(record.get("curves", []))))
+    return {**numbers, "epoch": epochs, FINAL: 1, "status": record["status"]}
+
+
+def execute(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan, send: Callable[[dict], None], writer: bool) -> None:
+    """Run the recipe once; `send` forwards each epoch's metrics and the final result to Ray.
+
+    Only the writer (rank 0) touches the trial's files; every rank sends,
+    because Ray Train's report is a collective call.
+    """
+    import torch
+
+    from ptlab.methods import run_trial
+    from ptlab.methods.base import TrialContext, pick_device
+
+    torch.set_num_threads(max(1, int(plan.cpu)))
+    files.folder.mkdir(parents=True, exist_ok=True)
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        row = {**metrics, "epoch": epoch}
+        if writer:
+            files.append_curve(row)
+        send(row)
+
+    def log(message: str) -> None:
+        if writer:
+            with open(files.log, "a") as f:
+                f.write(message.rstrip() + "\n")
+
+    ctx = TrialContext(
+        device=pick_device(cfg.device),
+        cache_dir=plan.cache_dir,
+        report=report,
+        save_checkpoint=(lambda epoch, state: files.save_checkpoint(state)) if writer else None,
+        resume_state=files.load_checkpoint(),
+        log=log,
+    )
+    record = asdict(run_trial(cfg, ctx))
+    if writer:
+        files.write_record(record)
+    send(final_result(record))
+
+
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+
+    plan = TrialPlan(**loop_config["plan"])
+    cfg = TrialConfig.model_validate(loop_config["trial"])
+    rank = ray.train.get_context().get_world_rank()
+    execute(cfg, plan.files(loop_config["key"]), plan, ray.train.report, writer=rank == 0)
+
+
+def _run_train_job(cfg: TrialConfig, key: str, plan: TrialPlan) -> None:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"plan": asdict(plan), "trial": cfg.canonical(), "key": key},
+        torch_config=TorchConfig(backend="nccl" if plan.gpu > 0 else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=plan.workers,
+            use_gpu=plan.gpu > 0,
+            resources_per_worker={"CPU": plan.cpu, "GPU": plan.gpu} if plan.gpu > 0 else {"CPU": plan.cpu},
+        ),
+        run_config=ray.train.RunConfig(
+            name="train",
+            storage_path=str(plan.files(key).folder),
+            callbacks=[TuneReportCallback()],
+            # Tune retries the whole trial (FailureConfig of the study); Train must not retry inside it.
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+    trainer.fit()
+
+
+def run_trial_fn(config: dict[str, Any], plan: TrialPlan) -> None:
+    """The Tune function of every study trial."""
+    from ray import tune
+
+    started = time.perf_counter()
+    key = tune.get_context().get_trial_id()
+    files = plan.files(key)
+    files.folder.mkdir(parents=True, exist_ok=True)
+    record = files.read_record()
+    if record is not None:  # finished before the driver went down: report, do not rerun
+        tune.report(final_result(record))
+        return
+    attempts = int((files.folder / "attempts").read_text() or 0) + 1 if (files.folder / "attempts").is_file() else 1
+    (files.folder / "attempts").write_text(str(attempts))
+    cfg = plan.config(config)
+    if plan.runner == "inline":
+        execute(cfg, files, plan, tune.report, writer=True)
+    else:
+        _run_train_job(cfg, key, plan)
+    record = files.read_record()
+    record["timings"].update(wall_s=round(time.perf_counter() - started, 3), attempts=attempts, finished_at=time.time())
+    files.write_record(record)

@@ -1,0 +1,349 @@
+"""Ray Tune for a study: the cluster, each trial's resources, search and scheduling, storage and resume.
+
+A grid study is a Tune grid search over fully resolved trial configs with no
+scheduler. A search study is Optuna (seeded TPE, journal storage in the study
+folder) with ASHA on the trial's own `epoch`. Every trial's end is turned into
+one results row as it happens (`Recorder`), and once more for every trial when
+the run ends, so rows lost to a killed driver are recovered on resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from ptlab.study.progress import Progress, write_driver
+from ptlab.study.spec import StudySpec
+from ptlab.study.store import ResultStore, TrialOutcome
+from ptlab.study.trial import FINAL, TrialPlan, atomic_write, run_trial_fn
+
+TUNE_DIR = "tune"
+OPTUNA_JOURNAL = "journal.log"
+STATUS_PRUNED = "pruned"
+STATUS_FAILED = "failed"
+# The Train controller polls its workers this often (s); Ray's 2 s default throttles short epochs.
+TRAIN_POLL_S = "0.25"
+# Environment of every Ray process of the study. Trials keep the driver's working
+# directory so relative data paths mean what they meant to the user.
+RAY_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_S,
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    # Trial results carry only some metrics each epoch (e.g. val_acc every eval_every epochs).
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Tune's own console output; the study prints its own progress view.
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+FORWARDED_ENV_PREFIXES = ("PTLAB_", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class RayConnection:
+    dashboard_url: str | None
+    started_here: bool
+    cpus: float
+    gpus: float
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> RayConnection:
+    """Join `address` or start a local cluster whose dashboard listens on 127.0.0.1 only.
+
+    The dashboard stays on: without it Ray Train leaks the placement groups of
+    trials Tune stops (ray-project/ray#54305) and a study deadlocks. Token
+    authentication stays on as Ray sets it up.
+    """
+    import ray
+
+    os.environ.update(RAY_ENV)
+    env = {k: v for k, v in os.environ.items() if k in RAY_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
+    if address:
+        context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False,
+                           logging_level=logging.WARNING)
+    else:
+        context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                           runtime_env={"env_vars": env}, log_to_driver=False, logging_level=logging.WARNING)
+    resources = ray.cluster_resources()
+    url = context.dashboard_url
+    return RayConnection(
+        dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
+        started_here=not address,
+        cpus=float(resources.get("CPU", 0)),
+        gpus=float(resources.get("GPU", 0)),
+    )
+
+
+def dashboard_help(connection: RayConnection) -> str:
+    if not connection.dashboard_url:
+        return "Ray dashboard: not running on this cluster"
+    port = connection.dashboard_url.rsplit(":", 1)[-1]
+    return (
+        f"Ray dashboard: {connection.dashboard_url} (bound to this machine only; token authentication on).\n"
+        f"  Open it in a browser and paste the token printed by `ray get-auth-token` (stored in ~/.ray/auth_token).\n"
+        f"  From another machine: ssh -L {port}:127.0.0.1:{port} THIS_HOST, then open http://127.0.0.1:{port}"
+    )
+
+
+def trial_slots(spec: StudySpec, connection: RayConnection) -> int:
+    """How many trials fit on the cluster at once."""
+    r = spec.resources
+    slots = math.floor(connection.cpus / (r.cpu * r.workers) + 1e-9)
+    if r.gpu:
+        slots = min(slots, math.floor(connection.gpus / (r.gpu * r.workers) + 1e-9))
+    if slots < 1:
+        need = f"{r.cpu * r.workers:g} CPUs" + (f" and {r.gpu * r.workers:g} GPUs" if r.gpu else "")
+        have = f"{connection.cpus:g} CPUs and {connection.gpus:g} GPUs"
+        raise RuntimeError(f"a trial needs {need} (resources x workers) but the Ray cluster has {have}; "
+                           "lower `resources` in the study or join a larger cluster with --address")
+    return min(slots, spec.max_concurrent or slots)
+
+
+def trial_plan(spec: StudySpec, study_dir: Path) -> TrialPlan:
+    r = spec.resources
+    return TrialPlan(str(study_dir.resolve()), spec.base.canonical(), spec.runner, r.cpu, r.gpu, r.workers)
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def _provenance() -> dict[str, str]:
+    from ptlab.methods.base import provenance
+
+    return provenance()
+
+
+def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, error: str | None) -> TrialOutcome | None:
+    """One trial's outcome from what Tune knows of it and what the trial wrote; None if it has not ended."""
+    from ptlab.study.space import cell_id
+
+    cfg = plan.config(tune_config)
+    files = plan.files(key)
+    curve = files.read_curve()
+    record = files.read_record()
+    common = dict(key=key, trial_id=cfg.trial_id, cell_id=cell_id(cfg), config=cfg.canonical(), curve=curve)
+    if error is not None:
+        return TrialOutcome(status=STATUS_FAILED, metrics=dict(curve[-1]) if curve else {},
+                            provenance=_provenance(), error=error[-4000:], **common)
+    if last_result.get(FINAL) and record is not None:
+        return TrialOutcome(status=record["status"], metrics=record["metrics"], timings=record["timings"],
+                            provenance=record["provenance"], error=record.get("error", ""), **common)
+    if curve or last_result:
+        # Ended without its final result: the scheduler stopped it.
+        return TrialOutcome(status=STATUS_PRUNED, metrics=dict(curve[-1]) if curve else {},
+                            timings={"finished_at": time.time()}, provenance=_provenance(), **common)
+    return None
+
+
+def _error_text(trial) -> str:
+    return str(trial.get_error() or f"trial {trial.trial_id} failed (no error text; see {trial.local_path})")
+
+
+class Recorder(tune.Callback):
+    """Writes a results row the moment Tune declares a trial over."""
+
+    def __init__(self, plan: TrialPlan):
+        self.plan = plan
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._record(trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, _error_text(trial))
+
+    def _record(self, trial, error):
+        result = outcome(self.plan, trial.trial_id, trial.config, trial.last_result or {}, error)
+        if result is not None:
+            ResultStore(self.plan.study_dir).add(result)
+
+
+def spec_summary(spec: StudySpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "planned": spec.n_planned(),
+        "cells": spec.n_cells(),
+        "seeds": len(spec.seeds),
+        "metric": spec.search.metric if spec.search else "test_acc",
+        "mode": spec.search.mode if spec.search else "max",
+    }
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna what really happened to each trial.
+
+    Ray's integration tells a trial ASHA stopped as COMPLETE with its partial
+    value, which TPE then trusts as a finished result. Here a trial is
+    COMPLETE only if its final result arrived; stopped before that it is
+    PRUNED, with the values it reported per epoch as intermediate values.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._reported_steps: dict[str, set[int]] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if result.get(FINAL) or self.metric not in result or trial_id not in self._ot_trials:
+            return
+        step = int(result["epoch"])
+        steps = self._reported_steps.setdefault(trial_id, set())
+        # a trial resumed from a checkpoint reports some epochs again
+        if step not in steps:
+            self._ot_trials[trial_id].report(float(result[self.metric]), step)
+            steps.add(step)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value = (result or {}).get(self.metric)
+        if error:
+            state, value = TrialState.FAIL, None
+        elif (result or {}).get(FINAL):
+            finite = isinstance(value, int | float) and math.isfinite(value)
+            state, value = (TrialState.COMPLETE, float(value)) if finite else (TrialState.FAIL, None)
+        else:
+            state, value = TrialState.PRUNED, None
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("tune_trial_id", trial_id)
+        self._ot_study.tell(ot_trial, value, state=state)
+        self._completed_trials.add(trial_id)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Also fail the Optuna trials a killed driver asked for but never saved: nothing will finish them."""
+        super().restore(checkpoint_path)
+        known = {t.number for t in self._ot_trials.values()}
+        for orphan in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if orphan.number not in known:
+                self._ot_study.tell(orphan.number, state=TrialState.FAIL)
+
+
+def _searcher(spec: StudySpec, study_dir: Path) -> PrunedAwareOptunaSearch:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from ptlab.study.space import optuna_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search = spec.search
+    storage = JournalStorage(JournalFileBackend(str(study_dir.resolve() / OPTUNA_JOURNAL)))
+    seed = search.sampler_seed if search.sampler_seed is not None else spec.seeds[0]
+    return PrunedAwareOptunaSearch(
+        optuna_space(search.space),
+        metric=search.metric,
+        mode=search.mode,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        study_name=spec.name,
+        storage=storage,
+    )
+
+
+def _scheduler(spec: StudySpec):
+    from ray.tune.schedulers import ASHAScheduler
+
+    asha = spec.search.asha
+    # Rungs lie before the last epoch and trials reaching max_t are not stopped: a
+    # trial that trained every epoch always sends its final result.
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=spec.search.metric,
+        mode=spec.search.mode,
+        max_t=max(spec.base.train.epochs - 1, asha.grace_period),
+        grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor,
+        stop_last_trials=False,
+    )
+
+
+def _trainable(plan: TrialPlan):
+    trainable = tune.with_parameters(run_trial_fn, plan=plan)
+    if plan.runner == "inline":
+        resources = {"cpu": plan.cpu, "gpu": plan.gpu}
+    else:
+        # The function only drives the Train job, whose workers reserve the CPUs and
+        # GPUs; it reserves a little memory so Tune can place it (a bundle cannot be empty).
+        resources = {"cpu": 0, "memory": 256 * 2**20}
+    return tune.with_resources(trainable, resources)
+
+
+def build_tuner(spec: StudySpec, study_dir: Path, connection: RayConnection):
+    plan = trial_plan(spec, study_dir)
+    slots = trial_slots(spec, connection)
+    if spec.search:
+        tune_config = tune.TuneConfig(
+            search_alg=_searcher(spec, study_dir),
+            scheduler=_scheduler(spec) if spec.search.asha else None,
+            num_samples=spec.search.samples,
+            max_concurrent_trials=slots,
+            trial_name_creator=_trial_dirname,
+            trial_dirname_creator=_trial_dirname,
+        )
+        param_space: dict[str, Any] = {}
+    else:
+        tune_config = tune.TuneConfig(
+            max_concurrent_trials=slots,
+            trial_name_creator=_trial_dirname,
+            trial_dirname_creator=_trial_dirname,
+        )
+        param_space = {"trial": tune.grid_search([t.config.canonical() for t in spec.trials()])}
+    run_config = tune.RunConfig(
+        name=TUNE_DIR,
+        storage_path=str(study_dir.resolve()),
+        failure_config=tune.FailureConfig(max_failures=spec.retries),
+        callbacks=[Recorder(plan), Progress(plan, spec_summary(spec))],
+        verbose=0,
+    )
+    return tune.Tuner(_trainable(plan), param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def restore_tuner(spec: StudySpec, study_dir: Path):
+    return tune.Tuner.restore(
+        str((study_dir / TUNE_DIR).resolve()),
+        trainable=_trainable(trial_plan(spec, study_dir)),
+        resume_unfinished=True,
+        resume_errored=False,
+        restart_errored=False,
+    )
+
+
+def record_all(spec: StudySpec, study_dir: Path, results) -> int:
+    """Rows for every ended trial of a finished run that has none yet (e.g. lost to a killed driver)."""
+    plan = trial_plan(spec, study_dir)
+    store = ResultStore(study_dir)
+    done = store.keys()
+    added = 0
+    for result in results:
+        key = Path(result.path).name
+        if key in done:
+            continue
+        error = str(result.error) if result.error else None
+        found = outcome(plan, key, result.config or {}, result.metrics or {}, error)
+        if found is not None:
+            store.add(found)
+            added += 1
+    return added
+
+
+STUDY_FILE = "study.yaml"
+
+
+def run_study(spec: StudySpec, study_dir: Path, connection: RayConnection, resume: bool = False) -> bool:
+    """Run (or resume) every trial of the study; True once all planned trials have ended."""
+    study_dir = study_dir.resolve()
+    if not resume:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(study_dir / STUDY_FILE, spec.to_yaml().encode())
+    write_driver(study_dir, connection.dashboard_url, trial_slots(spec, connection))
+    tuner = restore_tuner(spec, study_dir) if resume else build_tuner(spec, study_dir, connection)
+    grid = tuner.fit()
+    finished = grid.num_terminated + grid.num_errors == len(grid) >= spec.n_planned()
+    if finished:
+        record_all(spec, study_dir, grid)
+    return finished
