@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from ptlab.report.cli import report as report_command
 from ptlab.study.cli import app as study_app
 
 app = typer.Typer(no_args_is_help=True, help="Robustness and hyperparameter studies of prompt tuning on CLIP models.")
@@ -17,6 +18,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Dataset sources: list them, c
 app.add_typer(world_app, name="world")
 app.add_typer(data_app, name="data")
 app.add_typer(study_app, name="study")
+app.command("report")(report_command)
 
 
 def _fail(message: str) -> None:

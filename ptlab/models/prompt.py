@@ -121,9 +121,9 @@ class PromptLearner(nn.Module):
             prompts = prompts.index_put((self.name_rows, self.name_cols), self.class_embeddings.to(prompts.dtype))
         return prompts
 
-    def forward(self, truncate: bool = True) -> torch.Tensor:
+    def forward(self, truncate: bool = True, share_prefix: bool = True) -> torch.Tensor:
         """Normalised class text features (C, E)."""
-        feats = encode_embeddings(self.model, self.prompt_embeddings(), self.eot, truncate=truncate)
+        feats = encode_embeddings(self.model, self.prompt_embeddings(), self.eot, truncate, share_prefix)
         return F.normalize(feats.float(), dim=-1)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

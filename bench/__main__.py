@@ -1,0 +1,48 @@
+"""ptlab benchmarks: `python -m bench [--only NAME ...]`.
+
+Every figure is a ratio or a count measured side by side in one run on the
+machine at hand, through the same code paths the product uses. Results are
+printed as a table and written to bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from bench import cases
+
+OUT = Path(__file__).resolve().parent / "results.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--only", nargs="*", choices=sorted(cases.CASES), help="run only these cases")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name, case in cases.CASES.items():
+        if args.only and name not in args.only:
+            continue
+        start = time.perf_counter()
+        result = case()
+        result["case"] = name
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        rows.append(result)
+        print(f"{name:<28} {result['value']:>10} {result['unit']:<10} target {result['target']:<12} "
+              f"{'PASS' if result['met'] else 'MISS'}  {result.get('note', '')}", flush=True)
+    previous = json.loads(OUT.read_text()) if OUT.exists() else {"cases": {}}
+    previous["cases"].update({r["case"]: r for r in rows})
+    previous["machine"] = {"cpu_threads": args.threads, "platform": platform.platform(), "torch": torch.__version__}
+    OUT.write_text(json.dumps(previous, indent=2) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Benchmark cases. Each returns {value, unit, target, met, ...}."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ptlab.data.features import encode_images
+from ptlab.models.backbone import load_backbone
+from ptlab.models.prompt import PromptDesign, PromptLearner
+from ptlab.models.text import encode_embeddings
+
+DTD_CLASSES = (
+    "banded blotchy braided bubbly bumpy chequered cobwebbed cracked crosshatched crystalline dotted fibrous "
+    "flecked freckled frilly gauzy grid grooved honeycombed interlaced knitted lacelike lined marbled matted "
+    "meshed paisley perforated pitted pleated polka-dotted porous potholed scaly smeared spiralled sprinkled "
+    "stained stratified striped studded swirly veined waffled woven wrinkled zigzagged"
+).split()
+SHOTS = 16
+BATCH = 32
+
+
+def _timed(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _learner(backbone) -> PromptLearner:
+    return PromptLearner(backbone, DTD_CLASSES, PromptDesign(n_ctx=16), torch.Generator().manual_seed(0))
+
+
+def coop_epoch_speedup() -> dict:
+    """One CoOp epoch (16 shots x 47 DTD classes, ViT-B-32, no augmentation): ptlab vs the naive path."""
+    backbone = load_backbone("ViT-B-32:random")
+    gen = torch.Generator().manual_seed(0)
+    n = SHOTS * len(DTD_CLASSES)
+    pixels = torch.randn(n, 3, backbone.image_size, backbone.image_size, generator=gen)
+    labels = torch.arange(len(DTD_CLASSES)).repeat_interleave(SHOTS)
+    scale = backbone.model.logit_scale.exp().detach()
+    steps = (n + BATCH - 1) // BATCH
+
+    start = time.perf_counter()
+    features = encode_images(backbone, pixels)  # once per study, shared by every trial
+    feature_s = time.perf_counter() - start
+
+    def step(learner, opt, image_features, target, fast):
+        text = F.normalize(
+            encode_embeddings(backbone.model, learner.prompt_embeddings(), learner.eot, truncate=fast, share_prefix=fast),
+            dim=-1,
+        )
+        logits = scale * F.normalize(image_features, dim=-1) @ text.T
+        loss = F.cross_entropy(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return logits
+
+    fast_learner = _learner(backbone)
+    fast_opt = torch.optim.SGD([fast_learner.ctx], lr=0.002, momentum=0.9)
+    order = torch.randperm(n, generator=gen)
+
+    def fast_epoch():
+        for s in range(steps):
+            idx = order[s * BATCH : (s + 1) * BATCH]
+            step(fast_learner, fast_opt, features[idx], labels[idx], True)
+
+    start = time.perf_counter()
+    fast_epoch()
+    fast_s = time.perf_counter() - start
+
+    naive_learner = _learner(backbone)
+    naive_opt = torch.optim.SGD([naive_learner.ctx], lr=0.002, momentum=0.9)
+    measured = 2
+    start = time.perf_counter()
+    for s in range(measured):
+        idx = order[s * BATCH : (s + 1) * BATCH]
+        with torch.no_grad():
+            image_features = backbone.model.encode_image(pixels[idx])
+        step(naive_learner, naive_opt, image_features, labels[idx], False)
+    naive_s = (time.perf_counter() - start) / measured * steps
+
+    # Same context in both paths: logits must agree.
+    check = _learner(backbone)
+    idx = order[:BATCH]
+    with torch.no_grad():
+        text_fast = F.normalize(encode_embeddings(backbone.model, check.prompt_embeddings(), check.eot), dim=-1)
+        text_naive = F.normalize(
+            encode_embeddings(backbone.model, check.prompt_embeddings(), check.eot, truncate=False, share_prefix=False), dim=-1
+        )
+        naive_logits = scale * F.normalize(backbone.model.encode_image(pixels[idx]), dim=-1) @ text_naive.T
+        fast_logits = scale * F.normalize(features[idx], dim=-1) @ text_fast.T
+    diff = float((naive_logits - fast_logits).abs().max())
+    ratio = naive_s / fast_s
+    return {
+        "value": round(ratio, 1), "unit": "x faster", "target": ">= 10x", "met": ratio >= 10 and diff <= 1e-4,
+        "ptlab_epoch_s": round(fast_s, 2), "naive_epoch_s": round(naive_s, 1), "naive_steps_measured": measured,
+        "one_time_feature_s": round(feature_s, 1), "max_logit_diff": diff,
+        "note": f"ptlab {fast_s:.2f}s vs naive {naive_s:.1f}s/epoch; max |dlogit| {diff:.1e}; features once {feature_s:.0f}s",
+    }
+
+
+def eot_truncation_speedup() -> dict:
+    """Text tower forward+backward for the 47 CoOp prompts: truncated at the EOT vs the full 77 tokens."""
+    backbone = load_backbone("ViT-B-32:random")
+    learner = _learner(backbone)
+
+    def run(truncate):
+        feats = encode_embeddings(backbone.model, learner.prompt_embeddings(), learner.eot, truncate=truncate, share_prefix=False)
+        feats.square().sum().backward()
+
+    run(True)
+    full = _timed(lambda: run(False))
+    cut = _timed(lambda: run(True))
+    shared = _timed(lambda: encode_embeddings(backbone.model, learner.prompt_embeddings(), learner.eot).square().sum().backward())
+    ratio = full / cut
+    return {
+        "value": round(ratio, 2), "unit": "x faster", "target": ">= 2.5x", "met": ratio >= 2.5,
+        "full_s": round(full, 3), "truncated_s": round(cut, 3), "truncated_shared_prefix_s": round(shared, 3),
+        "note": f"77 tokens {full:.2f}s, truncated {cut:.2f}s, + shared prefix {shared:.2f}s",
+    }
+
+
+def _trial_peak_rss(config_yaml: str, cache: Path) -> float:
+    """Peak resident memory (MB) of `ptlab trial run` in a fresh process."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(config_yaml)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    env = {**os.environ, "PTLAB_CACHE": str(cache), "OMP_NUM_THREADS": "2"}
+    subprocess.run([sys.executable, "-m", "ptlab", "trial", "run", "-c", f.name, "--quiet"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    os.unlink(f.name)
+    return max(after, before) / 1024
+
+
+def peak_memory() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = _trial_peak_rss("method: coop\nbackbone: world:tiny-rn\ndataset: world:shapes\ntrain: {epochs: 5}\n", Path(tmp))
+        big = _trial_peak_rss(
+            "method: coop\nbackbone: ViT-B-32:random\ndataset: world:shapes\nshots: 4\ntrain: {epochs: 1, views: 1}\n",
+            Path(tmp),
+        )
+    return {
+        "value": round(tiny), "unit": "MB", "target": "< 1500 MB", "met": tiny < 1500, "vit_b32_mb": round(big),
+        "note": f"tiny-rn trial {tiny:.0f} MB; ViT-B-32 trial {big:.0f} MB (ru_maxrss; the larger of the two runs bounds the second)",
+    }
+
+
+def feature_cache_reuse() -> dict:
+    from ptlab.config import TrainConfig, TrialConfig
+    from ptlab.methods import run_trial
+    from ptlab.methods.base import TrialContext
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = TrialConfig(method="coop", backbone="world:tiny-rn", dataset="world:shapes", train=TrainConfig(epochs=2))
+        first = run_trial(base, TrialContext(cache_dir=Path(tmp)))
+        # Same seed, other loss and noise: the grid neighbours a study runs share every feature.
+        second = run_trial(base.with_updates({"loss": "gce", "noise_type": "symmetric", "noise_rate": 0.25}), TrialContext(cache_dir=Path(tmp)))
+    encoded = int(second.metrics["images_encoded"])
+    return {
+        "value": encoded, "unit": "images", "target": "0", "met": encoded == 0,
+        "first_trial_images": int(first.metrics["images_encoded"]),
+        "note": f"first trial encoded {int(first.metrics['images_encoded'])} images, the second {encoded}",
+    }
+
+
+CASES = {
+    "coop_epoch_speedup": coop_epoch_speedup,
+    "eot_truncation_speedup": eot_truncation_speedup,
+    "peak_memory": peak_memory,
+    "feature_cache_reuse": feature_cache_reuse,
+}

@@ -1,0 +1,3 @@
+from ptlab.cli import app
+
+app(prog_name="ptlab")
