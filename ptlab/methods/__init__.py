@@ -13,6 +13,16 @@ from ptlab.methods.base import STATUS_FAILED, Timer, TrialContext, TrialRecord, 
 METHODS: dict[str, str] = {
     "zeroshot": "ptlab.methods.zeroshot",
     "coop": "ptlab.methods.coop",
+    # Noisy-label analysis (PTNL); modules shared by several methods dispatch on cfg.method.
+    "linear_probe": "ptlab.methods.linear_probe",
+    "classifier_r": "ptlab.methods.classifier",
+    "classifier_c": "ptlab.methods.classifier",
+    "tenc_ft": "ptlab.methods.tenc_ft",
+    "full_prompt": "ptlab.methods.variants",
+    "cls_tuning": "ptlab.methods.variants",
+    "ctx0": "ptlab.methods.variants",
+    "upl": "ptlab.methods.upl",
+    "robust_upl": "ptlab.methods.upl",
     # One protocol, three recipes (class shift; the module dispatches on cfg.method).
     "ueo": "ptlab.methods.ueo",
     "entropy_min": "ptlab.methods.ueo",
@@ -21,7 +31,18 @@ METHODS: dict[str, str] = {
 # Metrics each method reports per epoch or at the end, for validating study metrics.
 METHOD_METRICS: dict[str, tuple[str, ...]] = {
     "zeroshot": ("test_acc", "test_macro_acc", "val_acc"),
-    "coop": ("test_acc", "test_macro_acc", "val_acc", "train_loss", "train_acc_noisy", "train_acc_true"),
+    "coop": ("test_acc", "test_macro_acc", "val_acc", "train_loss", "train_acc_noisy", "train_acc_true", "grad_ratio"),
+    "linear_probe": ("test_acc", "test_macro_acc", "val_acc", "train_acc_noisy", "train_acc_true", "lp_log10_c"),
+    **dict.fromkeys(
+        ("classifier_r", "classifier_c", "tenc_ft", "full_prompt", "cls_tuning"),
+        ("test_acc", "test_macro_acc", "val_acc", "train_loss", "train_acc_noisy", "train_acc_true", "grad_ratio"),
+    ),
+    "ctx0": ("test_acc", "test_macro_acc", "val_acc"),
+    **dict.fromkeys(
+        ("upl", "robust_upl"),
+        ("test_acc", "test_macro_acc", "val_acc", "train_loss", "train_acc_noisy", "train_acc_true", "grad_ratio",
+         "pseudo_label_acc", "zeroshot_acc"),
+    ),
     "ueo": ("test_acc", "test_macro_acc", "auroc", "train_loss", "weight_auroc"),
     "entropy_min": ("test_acc", "test_macro_acc", "auroc", "train_loss", "weight_auroc"),
     "zeroshot_mcm": ("test_acc", "test_macro_acc", "auroc"),

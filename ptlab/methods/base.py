@@ -52,6 +52,10 @@ class TrialContext:
     save_checkpoint: Callable[[int, dict[str, Any]], None] | None = None
     resume_state: dict[str, Any] | None = None
     log: Callable[[str], None] = lambda message: None
+    # The trial's own folder for files beyond its record (e.g. test logits that a
+    # study-level ensemble averages later). The runner names a folder per trial
+    # that outlives the worker, inside the study folder; None keeps no files.
+    artifacts_dir: Path | None = None
 
     @classmethod
     def for_config(cls, cfg: TrialConfig, **kwargs) -> TrialContext:

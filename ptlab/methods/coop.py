@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ptlab.config import TrialConfig
 from ptlab.losses import make_loss
 from ptlab.methods.base import TrialContext, TrialRecord, sanity_status
+from ptlab.methods.gradient_ratio import GradientRatioProbe
 from ptlab.methods.schedule import epoch_lr, make_optimizer, set_lr
 from ptlab.methods.supervision import SupervisedSetup, prepare_supervised
 from ptlab.metrics import accuracy, mean_per_class_accuracy, per_class_accuracy
@@ -47,6 +48,7 @@ class TrainingLoop:
         self.loss_fn = loss_for(cfg)
         self.optimizer = make_optimizer(classifier.parameters(), cfg.train)
         self.rng = np.random.default_rng([cfg.seed, 0x0C00])
+        self.grad_probe = GradientRatioProbe.for_trial(cfg, setup, ctx.log)
         self.start_epoch = 0
         self.curves: list[dict[str, float]] = []
         if ctx.resume_state:
@@ -107,10 +109,14 @@ class TrainingLoop:
         }
 
     @torch.no_grad()
-    def predict(self, features: torch.Tensor) -> np.ndarray:
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (N, C) on the CPU, in evaluation mode."""
         self.classifier.eval()
-        out = [self.logits(features[i : i + 4096].to(self.ctx.device)).argmax(-1).cpu() for i in range(0, len(features), 4096)]
-        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+        out = [self.logits(features[i : i + 4096].to(self.ctx.device)).float().cpu() for i in range(0, len(features), 4096)]
+        return torch.cat(out) if out else torch.zeros(0, self.setup.n_classes)
+
+    def predict(self, features: torch.Tensor) -> np.ndarray:
+        return self.scores(features).argmax(-1).numpy()
 
     def fit(self) -> list[dict[str, float]]:
         s, train = self.setup, self.cfg.train
@@ -119,6 +125,8 @@ class TrainingLoop:
             last = epoch + 1 == train.epochs
             if s.val_features is not None and ((epoch + 1) % train.eval_every == 0 or last):
                 metrics["val_acc"] = 100 * accuracy(self.predict(s.val_features), s.val_labels)
+            if self.grad_probe is not None:
+                metrics.update(self.grad_probe.measure(self.classifier, self.loss_fn, epoch, self.ctx.device))
             metrics["epoch"] = epoch + 1
             self.curves.append(metrics)
             if not np.isfinite(metrics["train_loss"]):
@@ -130,22 +138,28 @@ class TrainingLoop:
         return self.curves
 
     def finish(self, extra: dict | None = None) -> TrialRecord:
-        s = self.setup
-        pred = self.predict(s.test_features)
-        metrics = {
-            "test_acc": 100 * accuracy(pred, s.test_labels),
-            "test_macro_acc": 100 * mean_per_class_accuracy(pred, s.test_labels, s.n_classes),
-            "epochs_done": len(self.curves),
-        }
-        for key in ("val_acc", "train_loss", "train_acc_noisy", "train_acc_true"):
-            values = [c[key] for c in self.curves if key in c]
-            if values:
-                metrics[key] = values[-1]
-        metrics.update(s.summary())
-        metrics.update(extra or {})
-        details = {"per_class_acc": (100 * per_class_accuracy(pred, s.test_labels, s.n_classes)).tolist()}
-        status = sanity_status(metrics, [{"loss": c["train_loss"]} for c in self.curves], s.n_classes)
-        return TrialRecord(self.cfg.trial_id, self.cfg.canonical(), metrics, self.curves, status, details=details)
+        return trial_record(self.cfg, self.setup, self.predict(self.setup.test_features), self.curves, extra)
+
+
+def trial_record(
+    cfg: TrialConfig, setup: SupervisedSetup, test_pred: np.ndarray, curves: list[dict[str, float]], extra: dict | None = None
+) -> TrialRecord:
+    """The final record of a supervised trial: test accuracies, the last epoch's metrics, `extra` on top."""
+    s = setup
+    metrics = {
+        "test_acc": 100 * accuracy(test_pred, s.test_labels),
+        "test_macro_acc": 100 * mean_per_class_accuracy(test_pred, s.test_labels, s.n_classes),
+        "epochs_done": len(curves),
+    }
+    for key in ("val_acc", "train_loss", "train_acc_noisy", "train_acc_true", "grad_ratio"):
+        values = [c[key] for c in curves if key in c]
+        if values:
+            metrics[key] = values[-1]
+    metrics.update(s.summary())
+    metrics.update(extra or {})
+    details = {"per_class_acc": (100 * per_class_accuracy(test_pred, s.test_labels, s.n_classes)).tolist()}
+    status = sanity_status(metrics, [{"loss": c["train_loss"]} for c in curves if "train_loss" in c], s.n_classes)
+    return TrialRecord(cfg.trial_id, cfg.canonical(), metrics, curves, status, details=details)
 
 
 class PromptClassifier(torch.nn.Module):

@@ -7,6 +7,7 @@ split, and the frozen image features of all three from the cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,12 +95,21 @@ def noisy_training_set(cfg: TrialConfig, bundle: DatasetBundle, backbone: Backbo
     )
 
 
-def prepare_supervised(cfg: TrialConfig, ctx: TrialContext, augment: bool = True) -> SupervisedSetup:
-    """augment=False trains on the evaluation view only (e.g. the linear probe's protocol)."""
+TrainingSet = Callable[[TrialConfig, DatasetBundle, Backbone, FeatureCache], NoisyLabels]
+
+
+def prepare_supervised(
+    cfg: TrialConfig, ctx: TrialContext, augment: bool = True, training_set: TrainingSet = noisy_training_set
+) -> SupervisedSetup:
+    """augment=False trains on the evaluation view only (e.g. the linear probe's protocol).
+
+    `training_set` chooses the training samples and their labels; the default is
+    the K-shot sample with the config's label noise (UPL passes its pseudo-labels).
+    """
     bundle = load_dataset(cfg.dataset, cfg.data)
     backbone = load_backbone(cfg.backbone, ctx.device, cfg.precision)
     cache = FeatureCache(ctx.cache_dir, backbone, crop_scale=tuple(cfg.train.crop_scale))
-    train = noisy_training_set(cfg, bundle, backbone, cache)
+    train = training_set(cfg, bundle, backbone, cache)
     train_split = bundle.split("train")
     if not augment:
         views = cache.features(train_split, train.indices).unsqueeze(0)
