@@ -176,3 +176,51 @@ def ueo_objective(logits: torch.Tensor, weights: torch.Tensor | None = None, lam
     inverse = 1.0 / weights
     marginal = (inverse[:, None] * probs).sum(dim=0) / inverse.sum()
     return conditional - lam * entropy(marginal)
+
+
+def agcl_loss(
+    cosine: torch.Tensor,
+    targets: torch.Tensor,
+    class_counts: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 4.0,
+    scale: float = 20.0,
+    margin: float = 0.1,
+    noise_mul: float = 0.5,
+    smoothing: float = 0.1,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """A-GCL (LPT, methods.md section 8) on cosine logits (N, C) of a cosine classifier.
+
+    Gaussian clouded logits: m_c = log n_max - log n_c; every cosine drops by
+    noise_mul * |e| * m_c / max(m), e ~ N(0, 1/3) clipped to [-1, 1] (drawn
+    from `generator` unless `noise` gives it); the target loses `margin`; the
+    result is scaled by `scale`. Then the asymmetric focal loss with label
+    smoothing eps: -sum_k q_k w_k log p_k with q = (1 - eps) onehot + eps / C,
+    w_target = (1 - p_target)^gamma_pos, w_other = p_k^gamma_neg. The weights
+    carry gradient, as in the released code. With balanced counts (max m = 0)
+    the logits are not perturbed.
+    """
+    _check_reduction(reduction)
+    if cosine.ndim != 2 or targets.shape != cosine.shape[:1]:
+        raise ValueError(f"expected cosine (N, C) and targets (N,), got {tuple(cosine.shape)} and {tuple(targets.shape)}")
+    cosine = cosine.float()
+    counts = torch.as_tensor(class_counts, dtype=torch.float32, device=cosine.device).clamp(min=1)
+    if counts.shape != cosine.shape[1:]:
+        raise ValueError(f"expected {cosine.shape[1]} class counts, got shape {tuple(counts.shape)}")
+    if noise is None:
+        noise = (torch.randn(cosine.shape, generator=generator) / 3).clamp(-1, 1)
+    log_counts = counts.log()
+    margins = log_counts.max() - log_counts
+    if margins.max() > 0:
+        cosine = cosine - noise_mul * noise.to(cosine.device).abs() * margins / margins.max()
+    onehot = F.one_hot(targets.long(), cosine.shape[1]).float()
+    log_probs = F.log_softmax(scale * (cosine - margin * onehot), dim=1)
+    # 1 - p as -expm1(log p), floored at the smallest float: a confident target's 1 - p rounds
+    # to 0, where d/dp (1 - p)^gamma_pos is infinite and its product with log p = 0 is NaN.
+    miss = (-torch.expm1(log_probs)).clamp_min(torch.finfo(log_probs.dtype).tiny)
+    weights = torch.where(onehot.bool(), miss.pow(gamma_pos), log_probs.exp().pow(gamma_neg))
+    smoothed = (1 - smoothing) * onehot + smoothing / cosine.shape[1]
+    return _reduce(-(smoothed * weights * log_probs).sum(dim=1), reduction)

@@ -27,6 +27,9 @@ METHODS: dict[str, str] = {
     "ueo": "ptlab.methods.ueo",
     "entropy_min": "ptlab.methods.ueo",
     "zeroshot_mcm": "ptlab.methods.ueo",
+    # Long-tailed visual prompt tuning: LPT's two stages and its single-stage VPT baseline.
+    "lpt": "ptlab.methods.lpt",
+    "vpt": "ptlab.methods.lpt",
 }
 # Metrics each method reports per epoch or at the end, for validating study metrics.
 METHOD_METRICS: dict[str, tuple[str, ...]] = {
@@ -46,6 +49,9 @@ METHOD_METRICS: dict[str, tuple[str, ...]] = {
     "ueo": ("test_acc", "test_macro_acc", "auroc", "train_loss", "weight_auroc"),
     "entropy_min": ("test_acc", "test_macro_acc", "auroc", "train_loss", "weight_auroc"),
     "zeroshot_mcm": ("test_acc", "test_macro_acc", "auroc"),
+    "vpt": ("test_acc", "test_macro_acc", "many_acc", "medium_acc", "few_acc", "val_acc", "train_loss", "train_acc"),
+    "lpt": ("test_acc", "test_macro_acc", "many_acc", "medium_acc", "few_acc", "val_acc", "train_loss", "train_acc",
+            "key_loss", "stage1_test_acc", "stage1_many_acc", "stage1_medium_acc", "stage1_few_acc"),
 }
 
 

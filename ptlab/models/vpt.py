@@ -1,0 +1,275 @@
+"""Deep visual prompts on a frozen ViT, and LPT's group prompt pool.
+
+A `VisionTower` splits a ViT image encoder into token embedding, blocks and
+head, so that learnable tokens can be appended before a block and dropped
+after it (VPT-deep). The tokens carry no positional embedding and attention
+is permutation-equivariant, so appending them at the end of the sequence is
+the same model as VPT's insertion after the class token.
+
+Two encoders are adapted:
+  any ViT source of `load_backbone` (world:tiny-vit, ViT-B-16:openai, ...):
+      the open_clip VisionTransformer of the CLIP, its feature the projected
+      pooled token, exactly what `encode_image` returns;
+  timm:NAME[:random|:/path/weights]: a timm VisionTransformer (LPT's
+      backbone is timm:vit_base_patch16_224.augreg_in21k), its feature the
+      pre-logits pooled token.
+With no prompt tokens the tower reproduces the frozen encoder's features
+bit for bit; tests check it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptlab.models.backbone import BackboneError, load_backbone
+
+TIMM_SCHEME = "timm"
+
+
+class VisionTower(nn.Module):
+    """A frozen ViT, run block by block with optional extra tokens per block."""
+
+    blocks: nn.ModuleList | nn.Sequential
+
+    def __init__(self, source: str, image_size: int, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.source = source
+        self.image_size = image_size
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def width(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def feature_dim(self) -> int:
+        raise NotImplementedError
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Token sequence (B, N, width) entering the first block."""
+        raise NotImplementedError
+
+    def head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image feature (B, feature_dim) from the last block's tokens."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> VisionTower:
+        # Frozen encoder: dropout and the like stay in evaluation mode while prompts train.
+        return super().train(False)
+
+    def forward(self, pixels: torch.Tensor, prompts: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Features of `pixels`; prompts[i] (B, P_i, width) are appended before block i and dropped after it."""
+        dtype = next(self.parameters()).dtype
+        x = self.embed(pixels.to(dtype))
+        n_tokens = x.shape[1]
+        for i, block in enumerate(self.blocks):
+            extra = prompts[i] if prompts is not None else None
+            if extra is not None:
+                x = torch.cat([x, extra.to(x.dtype)], dim=1)
+            x = block(x)[:, :n_tokens]
+        return self.head(x)
+
+
+class OpenClipTower(VisionTower):
+    """The vision tower of an open_clip ViT CLIP; follows VisionTransformer.forward step by step."""
+
+    def __init__(self, visual, source: str, image_size: int, mean, std):
+        super().__init__(source, image_size, mean, std)
+        self.visual = visual
+        self.blocks = visual.transformer.resblocks
+
+    @property
+    def width(self) -> int:
+        return int(self.visual.transformer.width)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.visual.output_dim)
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.visual._embeds(pixels)
+
+    def head(self, tokens: torch.Tensor) -> torch.Tensor:
+        pooled, _ = self.visual._pool(tokens)
+        return pooled @ self.visual.proj if self.visual.proj is not None else pooled
+
+
+class TimmTower(VisionTower):
+    """A timm VisionTransformer; follows forward_features + forward_head(pre_logits=True)."""
+
+    def __init__(self, model, source: str):
+        from timm.models.vision_transformer import VisionTransformer
+
+        if not isinstance(model, VisionTransformer):
+            raise BackboneError(
+                f"backbone {source!r} is a timm {type(model).__name__}; deep visual prompts need a timm "
+                "VisionTransformer (e.g. timm:vit_base_patch16_224.augreg_in21k)"
+            )
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        size = model.patch_embed.img_size
+        super().__init__(source, int(size[0]), cfg.get("mean", (0.5, 0.5, 0.5)), cfg.get("std", (0.5, 0.5, 0.5)))
+        self.model = model
+        self.blocks = model.blocks
+
+    @property
+    def width(self) -> int:
+        return int(self.model.embed_dim)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.num_features)
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixels))))
+
+    def head(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.norm(tokens), pre_logits=True)
+
+
+def _load_timm(rest: str, precision: str, source: str):
+    import timm
+
+    name, _, weights = rest.partition(":")
+    if not timm.is_model(name.split(".")[0]):
+        raise BackboneError(f"backbone {source!r}: timm has no model {name!r}; see timm.list_models('vit_*')")
+    kwargs: dict = {"num_classes": 0}
+    if weights == "random":
+        kwargs["pretrained"] = False
+    elif weights:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": weights})
+    else:
+        kwargs["pretrained"] = True
+    try:
+        model = timm.create_model(name, **kwargs)
+    except Exception as err:  # missing offline weights surface as hub, OS or runtime errors
+        raise BackboneError(
+            f"backbone {source!r}: timm could not load {name!r} ({type(err).__name__}: {err}). "
+            f"Its weights come from the Hugging Face cache (download once with network access), "
+            f"or name the file: 'timm:{name}:/path/to/weights.safetensors'; 'timm:{name}:random' for random weights"
+        ) from err
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return model.to(dtype)
+
+
+def load_vision_tower(source: str, device: str | torch.device = "cpu", precision: str = "fp32") -> VisionTower:
+    """A frozen ViT tower from a CLIP backbone source or `timm:NAME[:random|:/path]`."""
+    scheme, _, rest = source.partition(":")
+    if scheme == TIMM_SCHEME:
+        tower: VisionTower = TimmTower(_load_timm(rest, precision, source), source)
+    else:
+        backbone = load_backbone(source, "cpu", precision)
+        if not backbone.is_vit:
+            raise BackboneError(
+                f"backbone {source!r} has a {type(backbone.model.visual).__name__} image encoder; deep visual "
+                "prompts need a ViT: world:tiny-vit, an open_clip ViT (ViT-B-16:openai) or a timm ViT "
+                "(timm:vit_base_patch16_224.augreg_in21k)"
+            )
+        tower = OpenClipTower(backbone.model.visual, source, backbone.image_size, backbone.mean, backbone.std)
+    tower.requires_grad_(False)
+    return tower.to(device).eval()
+
+
+def _trunc_normal(shape: Sequence[int], generator: torch.Generator, std: float = 0.02) -> torch.Tensor:
+    # LPT's initialisation (timm's trunc_normal_, std 0.02, cut at +-2 absolute) from an explicit generator.
+    out = torch.empty(shape)
+    nn.init.trunc_normal_(out, std=std, a=-2.0, b=2.0, generator=generator)
+    return out
+
+
+class CosineClassifier(nn.Module):
+    """cos(feature, w_c) for every class c; the loss applies the scale s."""
+
+    def __init__(self, dim: int, n_classes: int, generator: torch.Generator):
+        super().__init__()
+        # Unit-norm rows, as LPT's NormedLinear: the gradient of a cosine shrinks with |w|, so the
+        # norm at initialisation sets the effective learning rate.
+        self.weight = nn.Parameter(F.normalize(torch.randn(n_classes, dim, generator=generator), dim=-1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features.float(), dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+
+class PromptPool(nn.Module):
+    """m group prompts for the last L - K blocks, each with a key in the query's space."""
+
+    def __init__(self, size: int, blocks: int, length: int, width: int, key_dim: int, top_k: int, generator):
+        super().__init__()
+        if not 1 <= top_k <= size:
+            raise ValueError(f"top_k must be between 1 and the pool size {size}, got {top_k}")
+        self.top_k = top_k
+        self.prompts = nn.Parameter(_trunc_normal((size, blocks, length, width), generator))
+        self.keys = nn.Parameter(_trunc_normal((size, key_dim), generator))
+
+    def select(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(averaged prompts (B, blocks, P, width), key loss 1 - mean chosen cosine, chosen indices (B, k))."""
+        similarity = F.normalize(query.float(), dim=-1) @ F.normalize(self.keys, dim=-1).T
+        chosen_sim, chosen = similarity.topk(self.top_k, dim=1)
+        return self.prompts[chosen].mean(dim=1), 1 - chosen_sim.mean(), chosen
+
+
+class PromptedViT(nn.Module):
+    """LPT's model: shared deep prompts + cosine classifier (stage 1), plus a group prompt pool (stage 2).
+
+    Without a pool it is single-stage VPT-deep. In stage 2 the query is the
+    stage-1 feature (shared prompts only); the pool's averaged prompts join
+    the shared ones in blocks split_block.. L-1.
+    """
+
+    def __init__(
+        self,
+        tower: VisionTower,
+        n_classes: int,
+        prompt_len: int,
+        generator: torch.Generator,
+        pool_size: int = 0,
+        top_k: int = 1,
+        split_block: int | None = None,
+    ):
+        super().__init__()
+        self.tower = tower
+        depth, width = tower.depth, tower.width
+        self.split_block = depth // 2 if split_block is None else split_block
+        if not 0 <= self.split_block < depth:
+            raise ValueError(f"split_block must be in [0, {depth}) for a {depth}-block ViT, got {self.split_block}")
+        self.shared = nn.Parameter(_trunc_normal((depth, prompt_len, width), generator))
+        self.classifier = CosineClassifier(tower.feature_dim, n_classes, generator)
+        self.pool = (
+            PromptPool(pool_size, depth - self.split_block, prompt_len, width, tower.feature_dim, top_k, generator)
+            if pool_size > 0
+            else None
+        )
+
+    def _shared(self, batch: int) -> list[torch.Tensor]:
+        return [p.expand(batch, -1, -1) for p in self.shared]
+
+    def query(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.tower(pixels, self._shared(len(pixels)))
+
+    def forward(self, pixels: torch.Tensor, use_pool: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cosine logits (B, C), key loss); the key loss is 0 without the pool."""
+        prompts = self._shared(len(pixels))
+        key_loss = torch.zeros((), device=pixels.device)
+        if use_pool:
+            if self.pool is None:
+                raise ValueError("this model has no prompt pool (pool_size = 0)")
+            with torch.no_grad():
+                query = self.query(pixels)
+            group, key_loss, _ = self.pool.select(query)
+            for i in range(self.split_block, len(prompts)):
+                prompts[i] = torch.cat([prompts[i], group[:, i - self.split_block]], dim=1)
+        return self.classifier(self.tower(pixels, prompts)), key_loss
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Everything but the frozen tower: what a checkpoint needs."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("tower.")}
+
