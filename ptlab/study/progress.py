@@ -19,6 +19,7 @@ from typing import Any
 
 from ray import tune
 
+from ptlab.methods.base import STATUS_COMPLETED
 from ptlab.study.store import ResultStore
 from ptlab.study.trial import FINAL, TrialPlan, atomic_write
 
@@ -26,7 +27,6 @@ PROGRESS = "progress.json"
 DRIVER = "driver.json"  # who drives the study in this run: written before Tune starts
 HEARTBEAT_S = 2.0
 STALE_S = 30.0  # a heartbeat this old means no driver is running the study
-FINISHED_STATUSES = ("completed", "flagged_nan", "flagged_collapse", "failed", "pruned")
 
 
 def _clock(seconds: float | None) -> str:
@@ -85,7 +85,7 @@ class Progress(tune.Callback):
         self.running[trial.trial_id] = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if result.get(FINAL):
+        if result.get(FINAL) and result.get("status") == STATUS_COMPLETED:
             self._consider_best(trial.trial_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -215,6 +215,19 @@ def render_status(s: dict[str, Any]):
     return table
 
 
+def _driver_alive(progress: dict[str, Any]) -> bool:
+    if time.time() - float(progress.get("heartbeat", 0)) > STALE_S:
+        return False
+    if progress.get("host") == socket.gethostname() and progress.get("pid"):
+        try:
+            os.kill(int(progress["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, someone else's
+            pass
+    return True
+
+
 def study_status(study_dir: Path) -> dict[str, Any]:
     """What `ptlab study status` shows: stored results, and the driver's last snapshot if any."""
     from ptlab.study.spec import load_study
@@ -226,12 +239,12 @@ def study_status(study_dir: Path) -> dict[str, Any]:
     metric = spec.search.metric if spec.search else "test_acc"
     best = None
     if df.height and metric in df.columns:
-        ok = df.filter(df["status"].is_in(["completed"]) & df[metric].is_not_null())
+        ok = df.filter((df["status"] == STATUS_COMPLETED) & df[metric].is_not_null())
         if ok.height:
             row = ok.sort(metric, descending=(spec.search is None or spec.search.mode == "max")).row(0, named=True)
             best = {"value": row[metric], "trial": row["tune_trial_id"]}
     state = progress.get("state", "not started")
-    if state == "running" and time.time() - float(progress.get("heartbeat", 0)) > STALE_S:
+    if state == "running" and not _driver_alive(progress):
         state = "interrupted"
     cells_done = (int((df.group_by("cell_id").len()["len"] >= len(spec.seeds)).sum()) if df.height else 0) \
         if not spec.search else sum(counts.values())

@@ -210,15 +210,18 @@ class _Issues:
 
 
 def _allowed_keys(path: Path_) -> str:
-    models = {"resources": Resources, "search": Search, "search.asha": Asha, "train": TrialConfig.model_fields["train"].annotation,
-              "data": TrialConfig.model_fields["data"].annotation}
-    parent = ".".join(str(p) for p in path[:-1])
-    model = models.get(parent)
+    """'; allowed: ...' for an unknown key inside one of the study's nested mappings."""
+    parent = path[:-1]
+    models = {("resources",): Resources, ("search",): Search, ("search", "asha"): Asha,
+              ("train",): TrialConfig.model_fields["train"].annotation,
+              ("data",): TrialConfig.model_fields["data"].annotation}
+    model = Dist if parent[:2] == ("search", "space") and len(parent) == 3 else models.get(parent)
     if model is None:
         return ""
-    near = difflib.get_close_matches(str(path[-1]), list(model.model_fields), n=1)
+    names = [info.alias or name for name, info in model.model_fields.items()]
+    near = difflib.get_close_matches(str(path[-1]), names, n=1)
     hint = f" did you mean {near[0]!r}?" if near else ""
-    return f";{hint} allowed: {', '.join(model.model_fields)}"
+    return f";{hint} allowed: {', '.join(names)}"
 
 
 # --- names that need no loading -------------------------------------------------

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from ptlab.methods.base import STATUS_FAILED, STATUS_PRUNED
 from ptlab.study.progress import Progress, write_driver
 from ptlab.study.spec import StudySpec
 from ptlab.study.store import ResultStore, TrialOutcome
@@ -29,8 +30,6 @@ from ptlab.study.trial import FINAL, TrialPlan, atomic_write, run_trial_fn
 
 TUNE_DIR = "tune"
 OPTUNA_JOURNAL = "journal.log"
-STATUS_PRUNED = "pruned"
-STATUS_FAILED = "failed"
 # The Train controller polls its workers this often (s); Ray's 2 s default throttles short epochs.
 TRAIN_POLL_S = "0.25"
 # Environment of every Ray process of the study. Trials keep the driver's working
@@ -64,7 +63,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RayConne
     import ray
 
     os.environ.update(RAY_ENV)
-    env = {k: v for k, v in os.environ.items() if k in RAY_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
+    if not address:
+        # It watches for nodes being drained (spot instances); one process less per trial here.
+        os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) or k in RAY_ENV
+           or k == "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"}
     if address:
         context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False,
                            logging_level=logging.WARNING)
@@ -131,15 +134,20 @@ def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, err
     record = files.read_record()
     common = dict(key=key, trial_id=cfg.trial_id, cell_id=cell_id(cfg), config=cfg.canonical(), curve=curve)
     if error is not None:
-        return TrialOutcome(status=STATUS_FAILED, metrics=dict(curve[-1]) if curve else {},
+        timings = {"wall_s": last_result.get("time_total_s"), "finished_at": time.time()}
+        return TrialOutcome(status=STATUS_FAILED, metrics=dict(curve[-1]) if curve else {}, timings=timings,
                             provenance=_provenance(), error=error[-4000:], **common)
     if last_result.get(FINAL) and record is not None:
         return TrialOutcome(status=record["status"], metrics=record["metrics"], timings=record["timings"],
                             provenance=record["provenance"], error=record.get("error", ""), **common)
     if curve or last_result:
-        # Ended without its final result: the scheduler stopped it.
-        return TrialOutcome(status=STATUS_PRUNED, metrics=dict(curve[-1]) if curve else {},
-                            timings={"finished_at": time.time()}, provenance=_provenance(), **common)
+        # Ended without its final result: the scheduler stopped it. Epochs it ran past
+        # the result it was stopped at are not part of what the scheduler saw.
+        seen = last_result.get("epoch", curve[-1]["epoch"] if curve else 0)
+        curve = [point for point in curve if point["epoch"] <= seen]
+        timings = {"wall_s": last_result.get("time_total_s"), "finished_at": time.time()}
+        return TrialOutcome(status=STATUS_PRUNED, metrics=dict(curve[-1]) if curve else {}, timings=timings,
+                            provenance=_provenance(), **{**common, "curve": curve})
     return None
 
 
