@@ -66,12 +66,20 @@ def test_prompt_tokens_are_appended_before_and_dropped_after_every_block(tiny_vi
 def test_the_pool_adds_averaged_group_prompts_in_the_last_blocks_only(tiny_vit):
     tower = load_vision_tower(tiny_vit)
     model = PromptedViT(tower, 4, 2, torch.Generator().manual_seed(0), pool_size=3, top_k=2, split_block=1)
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     widths = _block_widths(tower)
-    cosine, key_loss = model(torch.randn(2, 3, 32, 32), use_pool=True)
-    # query pass: shared prompts only; then 2 shared in block 0 and 2 shared + 2 group in blocks 1 and 2
-    assert widths == [19, 19, 19] + [19, 21, 21]
+    cosine, key_loss = model(pixels, use_pool=True)
+    # block 0 once with 2 shared prompts; blocks 1-2 for the query (shared), then with 2 shared + 2 group
+    assert widths == [19] + [19, 19] + [21, 21]
     assert cosine.shape == (2, 4) and float(cosine.detach().abs().max()) <= 1 + 1e-6
-    assert 0 <= float(key_loss.detach()) <= 2
+    # the same as the two passes written out: query = the stage-1 feature, then group prompts in blocks >= K
+    with torch.no_grad():
+        shared = [p.expand(2, -1, -1) for p in model.shared]
+        group, expected_key_loss, _ = model.pool.select(tower(pixels, shared))
+        prompts = shared[:1] + [torch.cat([shared[i], group[:, i - 1]], dim=1) for i in (1, 2)]
+        # close, not equal: attention takes another kernel when nothing needs a gradient
+        torch.testing.assert_close(cosine.detach(), model.classifier(tower(pixels, prompts)))
+    torch.testing.assert_close(key_loss.detach(), expected_key_loss)
 
 
 def test_top_k_selection_averages_the_chosen_prompts_and_scores_their_keys():

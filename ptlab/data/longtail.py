@@ -126,7 +126,11 @@ def _read_list(path: str) -> list[tuple[str, int]]:
 
 
 def _class_folders(rows: list[tuple[str, int]]) -> dict[int, list[str]]:
-    """The folders of each label's first image, outermost first."""
+    """The folders of each label's first image, outermost first.
+
+    Rows come train split first: Places-LT's test images lie flat in Places365's
+    val_256/, so only training paths say which folder a class is.
+    """
     folders: dict[int, list[str]] = {}
     for rel, label in rows:
         folders.setdefault(label, os.path.normpath(rel).split(os.sep)[:-1])

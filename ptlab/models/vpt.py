@@ -66,17 +66,22 @@ class VisionTower(nn.Module):
         # Frozen encoder: dropout and the like stay in evaluation mode while prompts train.
         return super().train(False)
 
-    def forward(self, pixels: torch.Tensor, prompts: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
-        """Features of `pixels`; prompts[i] (B, P_i, width) are appended before block i and dropped after it."""
-        dtype = next(self.parameters()).dtype
-        x = self.embed(pixels.to(dtype))
+    def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.embed(pixels.to(next(self.parameters()).dtype))
+
+    def run_blocks(self, x: torch.Tensor, prompts: Sequence[torch.Tensor], start: int = 0) -> torch.Tensor:
+        """Blocks start .. start + len(prompts) - 1; prompts[j] (B, P_j, width) joins block start + j, then leaves."""
         n_tokens = x.shape[1]
-        for i, block in enumerate(self.blocks):
-            extra = prompts[i] if prompts is not None else None
-            if extra is not None:
-                x = torch.cat([x, extra.to(x.dtype)], dim=1)
-            x = block(x)[:, :n_tokens]
-        return self.head(x)
+        for block, extra in zip(self.blocks[start : start + len(prompts)], prompts, strict=True):
+            x = block(torch.cat([x, extra.to(x.dtype)], dim=1))[:, :n_tokens]
+        return x
+
+    def forward(self, pixels: torch.Tensor, prompts: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Features of `pixels`; prompts[i] (B, P_i, width) are appended before block i and dropped after it."""
+        x = self.tokens(pixels)
+        if prompts is None:
+            prompts = [x.new_zeros(len(x), 0, x.shape[2])] * self.depth
+        return self.head(self.run_blocks(x, prompts))
 
 
 class OpenClipTower(VisionTower):
@@ -222,7 +227,7 @@ class PromptedViT(nn.Module):
 
     Without a pool it is single-stage VPT-deep. In stage 2 the query is the
     stage-1 feature (shared prompts only); the pool's averaged prompts join
-    the shared ones in blocks split_block.. L-1.
+    the shared ones in blocks split_block .. L-1.
     """
 
     def __init__(
@@ -252,22 +257,22 @@ class PromptedViT(nn.Module):
     def _shared(self, batch: int) -> list[torch.Tensor]:
         return [p.expand(batch, -1, -1) for p in self.shared]
 
-    def query(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.tower(pixels, self._shared(len(pixels)))
-
     def forward(self, pixels: torch.Tensor, use_pool: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(cosine logits (B, C), key loss); the key loss is 0 without the pool."""
-        prompts = self._shared(len(pixels))
-        key_loss = torch.zeros((), device=pixels.device)
-        if use_pool:
-            if self.pool is None:
-                raise ValueError("this model has no prompt pool (pool_size = 0)")
-            with torch.no_grad():
-                query = self.query(pixels)
-            group, key_loss, _ = self.pool.select(query)
-            for i in range(self.split_block, len(prompts)):
-                prompts[i] = torch.cat([prompts[i], group[:, i - self.split_block]], dim=1)
-        return self.classifier(self.tower(pixels, prompts)), key_loss
+        shared = self._shared(len(pixels))
+        if not use_pool:
+            return self.classifier(self.tower(pixels, shared)), torch.zeros((), device=pixels.device)
+        if self.pool is None:
+            raise ValueError("this model has no prompt pool (pool_size = 0)")
+        k = self.split_block
+        # Stage 2 freezes the shared prompt, so blocks before K compute the same frozen tokens for the
+        # query and for the prompted pass: run them once, without gradient.
+        with torch.no_grad():
+            prefix = self.tower.run_blocks(self.tower.tokens(pixels), shared[:k])
+            query = self.tower.head(self.tower.run_blocks(prefix, shared[k:], k))
+        group, key_loss, _ = self.pool.select(query)
+        tail = [torch.cat([p, group[:, j]], dim=1) for j, p in enumerate(shared[k:])]
+        return self.classifier(self.tower.head(self.tower.run_blocks(prefix, tail, k))), key_loss
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Everything but the frozen tower: what a checkpoint needs."""
