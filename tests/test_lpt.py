@@ -120,6 +120,15 @@ def test_timm_sources_load_random_weights_and_name_unknown_models():
     assert (tower.depth, tower.width, tower.image_size) == (12, 192, 224)
     with pytest.raises(BackboneError, match="timm has no model"):
         load_vision_tower("timm:vit_nonexistent_model")
+    with pytest.raises(BackboneError, match="no pretrained weights 'vit_tiny_patch16_224.bogus'; tagged weights: vit_tiny"):
+        load_vision_tower("timm:vit_tiny_patch16_224.bogus")
+
+
+def test_studies_accept_timm_backbones_by_name_alone():
+    from ptlab.study.spec import backbone_problem
+
+    assert backbone_problem("timm:vit_base_patch16_224.augreg_in21k") is None
+    assert "timm has no model" in backbone_problem("timm:vit_nonexistent_model")
 
 
 def test_agcl_matches_a_hand_computed_batch():

@@ -141,12 +141,26 @@ class TimmTower(VisionTower):
         return self.model.forward_head(self.model.norm(tokens), pre_logits=True)
 
 
+def timm_problem(source: str) -> str | None:
+    """Why `timm:NAME[.TAG][:weights]` names no timm model, judged from the name alone (nothing loaded)."""
+    import timm
+
+    name, _, weights = source.partition(":")[2].partition(":")
+    if not timm.is_model(name):
+        return f"backbone {source!r}: timm has no model {name.split('.')[0]!r}; see timm.list_models('vit_*')"
+    if "." in name and weights != "random" and name not in timm.list_pretrained(name):
+        tags = ", ".join(timm.list_pretrained(name.split(".")[0] + ".*")) or "none"
+        return f"backbone {source!r}: timm has no pretrained weights {name!r}; tagged weights: {tags}"
+    return None
+
+
 def _load_timm(rest: str, precision: str, source: str):
     import timm
 
+    problem = timm_problem(source)
+    if problem:
+        raise BackboneError(problem)
     name, _, weights = rest.partition(":")
-    if not timm.is_model(name.split(".")[0]):
-        raise BackboneError(f"backbone {source!r}: timm has no model {name!r}; see timm.list_models('vit_*')")
     kwargs: dict = {"num_classes": 0}
     if weights == "random":
         kwargs["pretrained"] = False

@@ -241,6 +241,10 @@ def backbone_problem(source: str) -> str | None:
         return None
     if scheme in ("local-dir", "ckpt"):
         return None
+    if scheme == "timm":  # a timm ViT, for the visual-prompt methods (vpt, lpt)
+        from ptlab.models.vpt import timm_problem
+
+        return timm_problem(source)
     import open_clip
     from open_clip.pretrained import list_pretrained_tags_by_model
 
