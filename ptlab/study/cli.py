@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
 app = typer.Typer(no_args_is_help=True, help="Robustness grids and hyperparameter searches, every trial on Ray.")
 
-ADDRESS_HELP = "Join an existing Ray cluster ('auto' or ray://HOST:10001); default: start a local one."
+ADDRESS_HELP = (
+    "Join an existing Ray cluster (HOST:PORT, 'auto' or ray://HOST:10001); default: start a local one. "
+    "Clusters with token authentication (Ray's default) need RAY_AUTH_MODE=token and their token in "
+    "RAY_AUTH_TOKEN or ~/.ray/auth_token."
+)
 CPUS_HELP = "CPUs of the local Ray cluster (default: all cores). Ignored with --address."
 
 
@@ -59,7 +64,11 @@ def _execute(spec, study_dir: Path, address: str | None, cpus: int | None, resum
     try:
         connection = connect(address, cpus)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        _fail(f"could not {'join the Ray cluster at ' + address if address else 'start Ray'}: {err}")
+        hint = ""
+        if address and "RAY_AUTH_MODE" not in os.environ:
+            hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its token "
+                    "in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+        _fail(f"could not {'join the Ray cluster at ' + address if address else 'start Ray'}: {err}{hint}")
     typer.echo(dashboard_help(connection))
     typer.echo(f"study folder: {study_dir}")
     try:

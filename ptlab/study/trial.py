@@ -66,6 +66,14 @@ class TrialFiles:
     def log(self) -> Path:
         return self.folder / "log.txt"
 
+    @property
+    def attempts_file(self) -> Path:
+        return self.folder / "attempts"
+
+    def attempts(self) -> int:
+        """How many times the trial has been started, retries and resumes included."""
+        return int(self.attempts_file.read_text() or 0) if self.attempts_file.is_file() else 0
+
     def append_curve(self, row: dict[str, Any]) -> None:
         with open(self.curve, "a") as f:
             f.write(json.dumps(row, default=_jsonable) + "\n")
@@ -227,8 +235,8 @@ def run_trial_fn(config: dict[str, Any], plan: TrialPlan) -> None:
     if record is not None:  # finished before the driver went down: report, do not rerun
         tune.report(final_result(record))
         return
-    attempts = int((files.folder / "attempts").read_text() or 0) + 1 if (files.folder / "attempts").is_file() else 1
-    (files.folder / "attempts").write_text(str(attempts))
+    attempts = files.attempts() + 1
+    files.attempts_file.write_text(str(attempts))
     cfg = plan.config(config)
     if plan.runner == "inline":
         execute(cfg, files, plan, tune.report, writer=True)

@@ -134,7 +134,7 @@ def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, err
     record = files.read_record()
     common = dict(key=key, trial_id=cfg.trial_id, cell_id=cell_id(cfg), config=cfg.canonical(), curve=curve)
     if error is not None:
-        timings = {"wall_s": last_result.get("time_total_s"), "finished_at": time.time()}
+        timings = {"wall_s": last_result.get("time_total_s"), "attempts": files.attempts(), "finished_at": time.time()}
         return TrialOutcome(status=STATUS_FAILED, metrics=dict(curve[-1]) if curve else {}, timings=timings,
                             provenance=_provenance(), error=error[-4000:], **common)
     if last_result.get(FINAL) and record is not None:
@@ -145,7 +145,7 @@ def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, err
         # the result it was stopped at are not part of what the scheduler saw.
         seen = last_result.get("epoch", curve[-1]["epoch"] if curve else 0)
         curve = [point for point in curve if point["epoch"] <= seen]
-        timings = {"wall_s": last_result.get("time_total_s"), "finished_at": time.time()}
+        timings = {"wall_s": last_result.get("time_total_s"), "attempts": files.attempts(), "finished_at": time.time()}
         return TrialOutcome(status=STATUS_PRUNED, metrics=dict(curve[-1]) if curve else {}, timings=timings,
                             provenance=_provenance(), **{**common, "curve": curve})
     return None

@@ -1,0 +1,193 @@
+"""Studies end to end on a Ray cluster the test starts with `ray start --head` and joins with --address.
+
+Trials are tiny CoOp runs (2-3 epochs, 2 shots) on a randomly initialised
+tiny CLIP: these tests check scheduling, storage and bookkeeping, not
+learning, so every trained trial sits at chance level and is flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import polars as pl
+import pytest
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from ptlab.study.spec import validate_study
+
+pytestmark = pytest.mark.ray
+
+# Ray sends its token to an explicitly named cluster only when told to, as a user
+# joining one must (the token itself is ~/.ray/auth_token). Ray reads this once,
+# when first imported, so it is set while tests are collected, before any import.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A 2-CPU head node started like a user would, joined through the study layer's `connect`."""
+    import ray
+
+    from ptlab.study.tuner import connect
+
+    port, dashboard = free_port(), free_port()
+    log = open(tmp_path_factory.mktemp("ray-head") / "head.log", "w")
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                connection = connect(address=f"127.0.0.1:{port}")
+                break
+            except (ConnectionError, RuntimeError):
+                if time.monotonic() > deadline or head.poll() is not None:
+                    raise
+                time.sleep(2)
+        assert connection.cpus == 2 and not connection.started_here
+        yield connection
+    finally:
+        ray.shutdown()
+        head.terminate()  # `ray start --block` drains and stops the processes it started
+        try:
+            head.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)  # its own session: only what it started
+            head.wait()
+        log.close()
+
+
+def study(backbone: str, **fields) -> dict:
+    return {
+        "name": "t",
+        "method": "coop",
+        "backbone": backbone,
+        "dataset": "world:shapes",
+        "shots": 2,
+        "noise_type": "symmetric",
+        "train": {"epochs": 2, "views": 1, "batch_size": 8},
+        "runner": "inline",
+        "retries": 1,
+        **fields,
+    }
+
+
+def run(spec_fields: dict, study_dir: Path, connection) -> bool:
+    from ptlab.study.tuner import run_study
+
+    return run_study(validate_study(spec_fields), study_dir, connection)
+
+
+def cpus_free(expected: float, within_s: float = 60) -> bool:
+    import ray
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) >= expected:
+            return True
+        time.sleep(1)
+    return False
+
+
+def live_placement_groups() -> list:
+    from ray.util import placement_group_table
+
+    return [pg for pg in placement_group_table().values() if pg["state"] not in ("REMOVED",)]
+
+
+def test_grid_inline_end_to_end_with_a_trial_that_keeps_failing(cluster, random_tiny_clip, tmp_path):
+    spec = study(random_tiny_clip, name="grid_inline", seeds=[1, 2],
+                 factors={"backbone": [random_tiny_clip, "ckpt:/nonexistent/weights.pt"], "noise_rate": [0.0]})
+    assert run(spec, tmp_path, cluster)
+
+    df = pl.read_parquet(tmp_path / "results.parquet")
+    assert df.height == 4 and df["tune_trial_id"].n_unique() == 4 and df["trial_id"].n_unique() == 4
+    failed = df.filter(pl.col("status") == "failed")
+    assert failed.height == 2 and set(failed["backbone"]) == {"ckpt:/nonexistent/weights.pt"}
+    assert all("no file at /nonexistent/weights.pt" in e for e in failed["error"])
+    assert failed["attempts"].to_list() == [2, 2]  # tried, retried once, then recorded
+    trained = df.filter(pl.col("status") != "failed")
+    # random weights predict one class: chance level, flagged rather than averaged in
+    assert set(trained["status"]) == {"flagged_collapse"} and trained["cell_id"].n_unique() == 1
+    assert trained["epochs_done"].to_list() == [2, 2] and trained["test_acc"].is_not_null().all()
+    assert (trained["wall_s"] >= trained["recipe_s"]).all()
+    for column in ("ptlab_version", "torch_version", "open_clip_version", "ray_version", "git_commit"):
+        assert (df[column].str.len_chars() > 0).all(), column
+    configs = [json.loads(c) for c in df["config_json"]]
+    assert {c["seed"] for c in configs} == {1, 2}
+
+    curves = pl.read_parquet(tmp_path / "curves.parquet")
+    assert curves.height == 4 and set(curves["epoch"]) == {1, 2}
+    assert set(curves["tune_trial_id"]) == set(trained["tune_trial_id"])
+    stored = yaml.safe_load((tmp_path / "study.yaml").read_text())
+    assert stored["planned_trials"] == 4 and stored["name"] == "grid_inline"
+    assert (tmp_path / "features").is_dir()
+
+
+def test_grid_on_ray_train_jobs(cluster, random_tiny_clip, tmp_path):
+    spec = study(random_tiny_clip, name="grid_train", runner="train", seeds=[1], factors={"noise_rate": [0.0, 0.5]})
+    assert run(spec, tmp_path, cluster)
+    df = pl.read_parquet(tmp_path / "results.parquet")
+    assert df.height == 2 and set(df["status"]) == {"flagged_collapse"}
+    assert df["epochs_done"].to_list() == [2, 2]
+    # each trial ran as its own Train run inside the trial folder
+    for key in df["tune_trial_id"]:
+        assert (tmp_path / "trials" / key / "train").is_dir()
+    overhead = (df["wall_s"] - df["recipe_s"]).to_list()
+    print(f"train runner overhead per trial (s): {overhead}")
+    assert cpus_free(cluster.cpus)
+
+
+def test_search_asha_prunes_into_optuna_and_frees_every_cpu(cluster, random_tiny_clip, tmp_path):
+    spec = study(
+        random_tiny_clip, name="search", runner="train", max_concurrent=1, seeds=[1],
+        train={"epochs": 3, "views": 1, "batch_size": 8},
+        search={
+            "space": {"lr": {"log_uniform": [1.0e-4, 10.0]}},
+            "samples": 4,
+            "metric": "train_loss",
+            "mode": "min",
+            "asha": {"grace_period": 1, "reduction_factor": 2},
+        },
+    )
+    assert run(spec, tmp_path, cluster)
+
+    df = pl.read_parquet(tmp_path / "results.parquet")
+    assert df.height == 4 and df["tune_trial_id"].n_unique() == 4
+    pruned = df.filter(pl.col("status") == "pruned")
+    assert pruned.height >= 1
+    assert (pruned["epochs_done"] < 3).all()
+
+    loaded = optuna.load_study(study_name="search", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
+    states = {t.user_attrs["tune_trial_id"]: t.state for t in loaded.trials}
+    assert len(loaded.trials) == 4 and len(states) == 4
+    for key, status in zip(df["tune_trial_id"], df["status"], strict=True):
+        expected = optuna.trial.TrialState.PRUNED if status == "pruned" else optuna.trial.TrialState.COMPLETE
+        assert states[key] == expected, (key, status, states[key])
+    for trial in loaded.trials:
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            assert trial.intermediate_values and max(trial.intermediate_values) < 3
+
+    # ASHA stopped Train runs mid-flight: their workers and placement groups must be gone
+    assert cpus_free(cluster.cpus), "CPUs still held after the study"
+    assert not live_placement_groups()

@@ -1,0 +1,117 @@
+"""Results store: one row per trial, flattened config, and files that survive a kill at any moment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import polars as pl
+
+from ptlab.config import TrialConfig
+from ptlab.study.space import cell_id
+from ptlab.study.store import ResultStore, TrialOutcome
+from ptlab.study.trial import TrialFiles
+
+
+def outcome(key: str, seed: int = 1, status: str = "completed", epochs: int = 3) -> TrialOutcome:
+    cfg = TrialConfig(seed=seed, noise_type="symmetric", noise_rate=0.25, method_options={"alpha": 0.5})
+    curve = [{"epoch": e, "train_loss": 2.0 / e, "val_acc": 10.0 * e} for e in range(1, epochs + 1)]
+    return TrialOutcome(
+        key=key, trial_id=cfg.trial_id, cell_id=cell_id(cfg), status=status, config=cfg.canonical(),
+        metrics={"test_acc": 71.5, "val_acc": 30.0, "epochs_done": epochs, "loss": 0.5},
+        curve=curve, timings={"wall_s": 12.5, "recipe_s": 10.0, "attempts": 1, "finished_at": 1.7e9},
+        provenance={"ptlab": "0.1.0", "torch": "2.x", "open_clip": "3.x", "ray": "2.60.0", "git_commit": "abc"},
+    )
+
+
+def test_row_flattens_config_and_keeps_every_contract_column(tmp_path):
+    store = ResultStore(tmp_path)
+    store.add(outcome("t1"))
+    row = store.results().row(0, named=True)
+    for column in ("trial_id", "cell_id", "status", "error", "config_json", "test_acc", "val_acc", "wall_s", "recipe_s",
+                   "epochs_done", "ptlab_version", "torch_version", "open_clip_version", "ray_version", "git_commit"):
+        assert column in row
+    assert row["train.lr"] == 0.002 and row["data.domain"] == "photo" and row["noise_rate"] == 0.25
+    assert json.loads(row["method_options"]) == {"alpha": 0.5}
+    assert json.loads(row["train.crop_scale"]) == [0.08, 1.0]
+    assert TrialConfig.model_validate(json.loads(row["config_json"])).trial_id == row["trial_id"]
+    # a metric named like a config column does not overwrite the config
+    assert row["loss"] == "ce" and row["metric.loss"] == 0.5
+    assert row["epochs_done"] == 3 and row["finished_at"].startswith("2023-")
+
+
+def test_cell_id_ignores_the_seed_only():
+    a, b = outcome("a", seed=1), outcome("b", seed=2)
+    assert a.cell_id == b.cell_id and a.trial_id != b.trial_id
+    other = TrialConfig(seed=1, noise_type="symmetric", noise_rate=0.5, method_options={"alpha": 0.5})
+    assert cell_id(other) != a.cell_id
+
+
+def test_recording_a_trial_again_replaces_it(tmp_path):
+    store = ResultStore(tmp_path)
+    store.add(outcome("t1"))
+    store.add(outcome("t2", seed=2, status="pruned", epochs=1))
+    store.add(outcome("t1", epochs=4))
+    results, curves = store.results(), store.curves()
+    assert sorted(results["tune_trial_id"].to_list()) == ["t1", "t2"]
+    assert results.filter(pl.col("tune_trial_id") == "t1")["epochs_done"].item() == 4
+    assert curves.group_by("tune_trial_id").len().sort("tune_trial_id")["len"].to_list() == [4, 1]
+    assert curves.filter(pl.col("tune_trial_id") == "t1")["epoch"].to_list() == [1, 2, 3, 4]
+
+
+def test_rows_with_different_metrics_share_one_table(tmp_path):
+    store = ResultStore(tmp_path)
+    store.add(outcome("t1"))
+    failed = outcome("t2")
+    failed.status, failed.metrics, failed.curve, failed.error = "failed", {}, [], "RuntimeError: boom"
+    store.add(failed)
+    df = store.results().sort("tune_trial_id")
+    assert df["status"].to_list() == ["completed", "failed"]
+    assert df["test_acc"].to_list() == [71.5, None] and df["error"].to_list()[1] == "RuntimeError: boom"
+
+
+def test_curve_file_keeps_the_latest_report_of_each_epoch(tmp_path):
+    files = TrialFiles(tmp_path)
+    for epoch, value in [(1, 1.0), (2, 2.0), (2, 2.5), (3, 3.0)]:
+        files.append_curve({"epoch": epoch, "val_acc": value})
+    with open(files.curve, "a") as f:
+        f.write('{"epoch": 4, "val_')  # the line a kill cut short
+    assert [(p["epoch"], p["val_acc"]) for p in files.read_curve()] == [(1, 1.0), (2, 2.5), (3, 3.0)]
+
+
+WRITER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_study_store import outcome
+from ptlab.study.store import ResultStore
+store = ResultStore({folder!r})
+for i in range(10_000):
+    o = outcome(f"t{{i}}", epochs=200)
+    store.add(o)
+    print(i + 1, flush=True)
+"""
+
+
+def test_kill_at_any_moment_leaves_readable_files_with_every_finished_trial(tmp_path):
+    script = WRITER.format(tests=os.path.dirname(__file__), folder=str(tmp_path))
+    for delay in (0.8, 1.3, 2.1):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        finished = 0
+        deadline = time.monotonic() + 60
+        # wait until it writes, then kill it mid-flight
+        while finished == 0 and time.monotonic() < deadline:
+            finished = int(proc.stdout.readline() or 0)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        rest = proc.stdout.read().split()
+        proc.wait()
+        finished = int(rest[-1]) if rest else finished
+        store = ResultStore(tmp_path)
+        results, curves = store.results(), store.curves()
+        assert results.height >= finished
+        assert set(results["tune_trial_id"]) <= set(curves["tune_trial_id"])
+        assert results["tune_trial_id"].n_unique() == results.height
