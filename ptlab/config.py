@@ -35,6 +35,8 @@ class TrainConfig(Frozen):
     scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, ge=0)
+    # False trains on the evaluation view only (what CoOp's augmentation costs or buys).
+    augment: bool = True
     # Augmented views per training image whose features are computed once and
     # cached; 0 runs live random-resized-crop + flip through the encoder.
     views: int = Field(8, ge=0)

@@ -15,9 +15,12 @@ def test_twenty_step_pretraining_is_deterministic_and_loadable(tmp_path, backbon
     assert record["final_loss"] < 6.0
     folder = save(first, backbone, record, tmp_path / backbone)
     loaded = load_backbone(f"local-dir:{folder}")
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(loaded.model.encode_image(x), first.eval().encode_image(x), atol=1e-6)
+    shipped = loaded.model.state_dict()
+    for name, value in first.state_dict().items():
+        if name == "token_embedding.weight" or not value.is_floating_point():
+            continue
+        # weights ship in half precision: exactly the fp16 rounding of the trained ones
+        assert torch.equal(shipped[name], value.half().float()), name
 
 
 def test_training_moves_loss_down():

@@ -111,7 +111,7 @@ def prepare_supervised(
     cache = FeatureCache(ctx.cache_dir, backbone, crop_scale=tuple(cfg.train.crop_scale))
     train = training_set(cfg, bundle, backbone, cache)
     train_split = bundle.split("train")
-    if not augment:
+    if not (augment and cfg.train.augment):
         views = cache.features(train_split, train.indices).unsqueeze(0)
     elif cfg.train.views > 0:
         views = cache.view_features(train_split, train.indices, cfg.train.views)

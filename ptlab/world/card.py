@@ -32,7 +32,13 @@ def card_path(backbone: str) -> Path:
 
 def write_card(backbone: str, record: dict, zero_shot: dict[str, float], folder: Path | None = None) -> Path:
     path = (folder / "model_card.json") if folder else card_path(backbone)
-    card = {"backbone": f"world:{backbone}", "zero_shot_test_acc": zero_shot, **record}
+    weights = path.parent / "open_clip_model.safetensors"
+    card = {
+        "backbone": f"world:{backbone}",
+        "zero_shot_test_acc": zero_shot,
+        "weights_bytes": weights.stat().st_size if weights.is_file() else None,
+        **record,
+    }
     path.write_text(json.dumps(card, indent=2) + "\n")
     return path
 

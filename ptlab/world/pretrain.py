@@ -15,6 +15,7 @@ descriptions as negatives.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -60,8 +61,8 @@ class PretrainConfig:
 
 # The recipes that produced the shipped weights (one thread each, run side by side).
 SHIPPED_RECIPES = {
-    "tiny-rn": PretrainConfig(backbone="tiny-rn", steps=3000, threads=1),
-    "tiny-vit": PretrainConfig(backbone="tiny-vit", steps=2500, threads=1),
+    "tiny-rn": PretrainConfig(backbone="tiny-rn", steps=2000, threads=1),
+    "tiny-vit": PretrainConfig(backbone="tiny-vit", steps=2000, threads=1),
 }
 
 
@@ -96,8 +97,22 @@ def build_model(backbone: str, seed: int) -> open_clip.CLIP:
     return open_clip.CLIP(**MODEL_CFGS[backbone])
 
 
-def pretrain(cfg: PretrainConfig, log=print) -> tuple[open_clip.CLIP, dict]:
-    """Train one tiny CLIP; returns the model and a record of the run."""
+def _rss_mb() -> float:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def pretrain(
+    cfg: PretrainConfig, log=print, checkpoint_dir: Path | None = None, checkpoint_every: int = 250
+) -> tuple[open_clip.CLIP, dict]:
+    """Train one tiny CLIP; returns the model and a record of the run.
+
+    With `checkpoint_dir`, the full training state is saved every
+    `checkpoint_every` steps and a rerun resumes from it; the resumed run is
+    bit-identical to an uninterrupted one.
+    """
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
     start = time.time()
@@ -113,16 +128,23 @@ def pretrain(cfg: PretrainConfig, log=print) -> tuple[open_clip.CLIP, dict]:
     )
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     rng = np.random.default_rng(cfg.seed + 1)
-    token_cache: dict[str, torch.Tensor] = {}
+    losses: list[float] = []
+    first_step = 0
+    state_file = Path(checkpoint_dir) / f"{cfg.backbone}-state.pt" if checkpoint_dir else None
+    if state_file is not None and state_file.is_file():
+        state = torch.load(state_file, weights_only=False)
+        if state["config"] == asdict(cfg):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            rng.bit_generator.state = state["rng"]
+            losses, first_step = state["losses"], state["step"]
+            log(f"resumed from {state_file} at step {first_step}")
     model.train()
-    losses = []
-    for step in range(cfg.steps):
+    for step in range(first_step, cfg.steps):
         index = rng.choice(len(pool), cfg.batch_size, replace=False)
         texts, claims = zip(*(caption(pool, int(i), rng) for i in index))
-        missing = [t for t in set(texts) if t not in token_cache]
-        if missing:
-            token_cache.update(zip(missing, tokenizer(missing)))
-        tokens = torch.stack([token_cache[t] for t in texts])
+        tokens = tokenizer(list(texts))
         match = torch.from_numpy(positives(np.stack(claims), pool, index).T).float()
         img = F.normalize(model.encode_image(images[index]), dim=-1)
         txt = F.normalize(model.encode_text(tokens), dim=-1)
@@ -136,7 +158,14 @@ def pretrain(cfg: PretrainConfig, log=print) -> tuple[open_clip.CLIP, dict]:
             model.logit_scale.clamp_(0, np.log(100))
         losses.append(loss.detach().item())
         if step % 100 == 0 or step == cfg.steps - 1:
-            log(f"step {step:5d}  loss {np.mean(losses[-100:]):.4f}  {time.time() - start:.0f}s")
+            log(f"step {step:5d}  loss {np.mean(losses[-100:]):.4f}  {time.time() - start:.0f}s  rss {_rss_mb():.0f} MB")
+        if state_file is not None and (step + 1) % checkpoint_every == 0 and step + 1 < cfg.steps:
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            state = {"config": asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "schedule": schedule.state_dict(), "rng": rng.bit_generator.state, "losses": losses,
+                     "step": step + 1}
+            torch.save(state, state_file.with_suffix(".tmp"))
+            os.replace(state_file.with_suffix(".tmp"), state_file)
     model.eval()
     record = {
         "config": asdict(cfg),
@@ -162,12 +191,14 @@ def used_token_ids(tokenizer, sample: int = 4000) -> torch.Tensor:
 
 
 def save(model: open_clip.CLIP, backbone: str, record: dict, folder: Path | None = None) -> Path:
-    """Write open_clip's local-dir layout; unused token rows are zeroed so the file compresses."""
+    """Write open_clip's local-dir layout in fp16; unused token rows are zeroed so the file compresses."""
     from safetensors.torch import save_file
 
     folder = folder or WORLD_ASSETS / backbone
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    # Half precision halves the shipped files; the model card is measured on the
+    # weights as shipped, so the rounding is part of the released model.
+    state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous() for k, v in model.state_dict().items()}
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=TEXT_CFG["context_length"])
     keep = used_token_ids(tokenizer)
     emb = torch.zeros_like(state["token_embedding.weight"])

@@ -1,0 +1,37 @@
+"""The shipped tiny CLIPs must reproduce their model cards and meet the world's quality bar."""
+
+import pytest
+
+from ptlab.models.backbone import WORLD_ASSETS, WORLD_BACKBONES
+from ptlab.world.card import read_card, zero_shot_table
+
+# The card's bar for every shipped backbone (single template, test split).
+QUALITY_BAR = {"colors": 95.0, "shapes": 60.0, "color-shapes": 40.0}
+
+
+@pytest.fixture(scope="module", params=WORLD_BACKBONES)
+def card(request):
+    if not (WORLD_ASSETS / request.param / "model_card.json").is_file():
+        pytest.fail(f"world:{request.param} ships without a model card; run `ptlab world pretrain --backbone {request.param}`")
+    return request.param, read_card(request.param)
+
+
+def test_card_records_the_run(card):
+    name, data = card
+    assert data["backbone"] == f"world:{name}"
+    for key in ("config", "model_cfg", "wall_time_s", "zero_shot_test_acc", "weights_bytes"):
+        assert key in data, key
+
+
+def test_shipped_weights_reproduce_card(card, feature_cache):
+    name, data = card
+    recorded = data["zero_shot_test_acc"]
+    measured = zero_shot_table(f"world:{name}", feature_cache, tasks=tuple(QUALITY_BAR), domains=("photo", "outline"))
+    for key, value in measured.items():
+        assert abs(value - recorded[key]) <= 1.0, (key, value, recorded[key])
+
+
+def test_quality_bar(card):
+    name, data = card
+    for task, bar in QUALITY_BAR.items():
+        assert data["zero_shot_test_acc"][task] >= bar, (name, task)
