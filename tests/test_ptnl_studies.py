@@ -5,14 +5,15 @@ import pytest
 from ptlab.methods import METHODS
 from ptlab.study.spec import load_study
 
-STUDIES = sorted((Path(__file__).resolve().parent.parent / "studies").glob("ptnl_*.yaml"))
+FOLDER = Path(__file__).resolve().parent.parent / "studies"
+STUDIES = sorted(FOLDER.glob("ptnl_*.yaml")) + [FOLDER / "context_length_real.yaml"]
 
 
 def test_every_world_study_has_its_real_data_twin():
     names = {p.stem for p in STUDIES}
     worlds = {n.removesuffix("_world") for n in names if n.endswith("_world")}
-    assert len(worlds) == 6
-    assert {n.removesuffix("_real") for n in names if n.endswith("_real")} == worlds
+    assert worlds == {"ptnl_baselines", "ptnl_prompt_design", "ptnl_grad_ratio", "ptnl_upl"}
+    assert {n.removesuffix("_real") for n in names if n.endswith("_real")} == worlds | {"context_length"}
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
