@@ -72,7 +72,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RayConne
         context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False,
                            logging_level=logging.WARNING)
     else:
-        context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+        # address="local": never attach to whatever cluster /tmp/ray/ray_current_cluster names,
+        # which outlives a crashed `ray start` and would make ray.init wait on a dead GCS.
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                            runtime_env={"env_vars": env}, log_to_driver=False, logging_level=logging.WARNING)
     resources = ray.cluster_resources()
     url = context.dashboard_url
