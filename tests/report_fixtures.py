@@ -179,7 +179,9 @@ def search_study(folder: Path, n_trials: int = 12) -> Path:
     return write_study(folder, spec, rows, curves)
 
 
-def _family(folder: Path, method: str, factors: dict[str, list], metrics_of) -> Path:
+def _family(
+    folder: Path, method: str, factors: dict[str, list], metrics_of, epoch_metrics: tuple[str, ...] = ()
+) -> Path:
     spec = {"name": folder.name, "method": method, "factors": factors, "seeds": [1, 2, 3]}
     rows, curves = [], []
     for values in itertools.product(*factors.values()):
@@ -188,9 +190,9 @@ def _family(folder: Path, method: str, factors: dict[str, list], metrics_of) -> 
             metrics = metrics_of(config, SEED_OFFSET[seed])
             row = trial_row(config, metrics)
             rows.append(row)
-            curves += curve_rows(
-                row["trial_id"], {"val_acc": metrics["test_acc"], "train_loss": 2.0 - metrics["test_acc"] / 100}, 5
-            )
+            per_epoch = {"val_acc": metrics["test_acc"], "train_loss": 2.0 - metrics["test_acc"] / 100}
+            per_epoch |= {k: metrics[k] for k in epoch_metrics}
+            curves += curve_rows(row["trial_id"], per_epoch, 5)
     spec["planned_trials"] = len(rows)
     return write_study(folder, spec, rows, curves)
 
@@ -198,15 +200,40 @@ def _family(folder: Path, method: str, factors: dict[str, list], metrics_of) -> 
 def ueo_study(folder: Path) -> Path:
     scenarios = ["closed", "partial", "open", "open_partial"]
 
+    methods = ["zeroshot_mcm", "entropy_min", "ueo"]
+
     def metrics(config: dict, offset: float) -> dict:
         k = scenarios.index(config["data.scenario"])
+        gain = 2.0 * methods.index(config["method"])
         return {
-            "test_acc": 75.0 - 3 * k + offset,
-            "test_macro_acc": 73.0 - 3 * k + offset,
-            "auroc": 85.0 - 2 * k + offset,
+            "test_acc": 75.0 - 3 * k + gain + offset,
+            "test_macro_acc": 73.0 - 3 * k + gain + offset,
+            "auroc": 85.0 - 2 * k + gain + offset,
+            "weight_auroc": 70.0 - k + offset,
         }
 
-    return _family(folder, "ueo", {"data.scenario": scenarios}, metrics)
+    factors = {"data.scenario": scenarios, "method": methods, "backbone": ["world:tiny-rn", "world:tiny-vit"]}
+    return _family(folder, "ueo", factors, metrics, epoch_metrics=("test_acc", "auroc"))
+
+
+def grad_ratio_study(folder: Path) -> Path:
+    def metrics(config: dict, offset: float) -> dict:
+        head = config["method"] == "classifier_r"
+        rate = config["noise_rate"]
+        return {
+            "test_acc": 80.0 - (40 if head else 25) * rate + offset,
+            "grad_ratio": 1.0 + rate * (3.0 if head else 1.5),
+            "train_acc_noisy": 90.0 - 30 * rate,
+            "train_acc_true": 88.0 - 10 * rate,
+        }
+
+    return _family(
+        folder,
+        "coop",
+        {"method": ["coop", "classifier_r"], "noise_type": ["symmetric"], "noise_rate": [0.125, 0.25, 0.5]},
+        metrics,
+        epoch_metrics=("grad_ratio", "train_acc_noisy"),
+    )
 
 
 def lpt_study(folder: Path) -> Path:

@@ -16,6 +16,7 @@ FIXTURES = {
     "ueo": fx.ueo_study,
     "lpt": fx.lpt_study,
     "upl": fx.upl_study,
+    "gradient_ratio": fx.grad_ratio_study,
 }
 SHIPPED_NAMES = sorted(p.stem for p in SHIPPED.glob("*.yaml"))
 
