@@ -19,16 +19,19 @@ initial model, which says how well the MCM weights tell the unknown samples
 apart.
 
 The normalisation layers train, so image features cannot be cached: the
-image encoder runs live on random-resized-crop + flip views. Only the initial
-model's features (the weights and the epoch-0 evaluation) come from the
-feature cache, computed before any parameter moves. The encoder stays in
+image encoder runs live on random-resized-crop + flip views (the evaluation
+view with train.augment false). Only the initial model's features (the
+weights and the epoch-0 evaluation) come from the feature cache, computed
+before any parameter moves. The encoder stays in
 eval mode throughout: BatchNorm normalises with its frozen running
 statistics while its affine parameters learn, as in the released code.
 
 The published recipe (PUBLISHED_RECIPE) differs from TrainConfig's CoOp
 defaults; studies set it, and a trial that deviates from it says so in its
 log. `train.scheduler: cosine` decays per iteration here, as the released
-code steps its scheduler every batch.
+code steps its scheduler every batch. Logits are scaled by the model's own
+logit scale, which is the published 100 for released CLIPs (the tiny world
+CLIPs learned about 20).
 
 method_options:
   lambda                 trade-off of the marginal-entropy term (ueo; default 1)
@@ -155,7 +158,8 @@ class ShiftData:
     bundle: DatasetBundle
     shift: ClassShift
     pool: np.ndarray  # positions in the train split of the unlabelled data
-    pool_known: np.ndarray  # their known-class labels (UNKNOWN for unknown classes); only oracle weights read them
+    pool_known: np.ndarray  # their known-class labels (UNKNOWN for unknown classes); oracle weights and
+    # weight_auroc read them, the objective never does
     test_known: np.ndarray
 
     @classmethod
@@ -252,7 +256,9 @@ class UeoTrainer:
         self.trainable = {f"prompt.{n}": p for n, p in self.learner.named_parameters()}
         self.trainable.update({f"visual.{n}": p for n, p in self.norms.items()})
         self.optimizer = make_optimizer(self.trainable.values(), cfg.train)
-        self.augment = train_transform(self.backbone, tuple(cfg.train.crop_scale))
+        self.transform = (
+            train_transform(self.backbone, tuple(cfg.train.crop_scale)) if cfg.train.augment else eval_transform(self.backbone)
+        )
         self.rng = np.random.default_rng([cfg.seed, 0x0E0])
         self.steps_per_epoch = math.ceil(len(self.data.pool) / cfg.train.batch_size)
         self.step_count = 0
@@ -277,7 +283,7 @@ class UeoTrainer:
         set_lr(self.optimizer, iteration_lr(self.step_count, total, warmup, self.cfg.train))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.rng.integers(0, 2**62)))
-            pixels = load_pixels(self.train_split, self.data.pool[positions], self.augment)
+            pixels = load_pixels(self.train_split, self.data.pool[positions], self.transform)
         visual_dtype = next(self.backbone.model.visual.parameters()).dtype
         features = self.backbone.model.encode_image(pixels.to(self.ctx.device, visual_dtype))
         logits = self.scale * self.cosines(features)
