@@ -10,7 +10,7 @@ def test_twenty_step_pretraining_is_deterministic_and_loadable(tmp_path, backbon
     cfg = PretrainConfig(backbone=backbone, steps=20, batch_size=16, pool_size=300, threads=1)
     first, record = pretrain(cfg, log=lambda m: None)
     second, _ = pretrain(cfg, log=lambda m: None)
-    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert record["final_loss"] < 6.0
     folder = save(first, backbone, record, tmp_path / backbone)

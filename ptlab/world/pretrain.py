@@ -143,7 +143,7 @@ def pretrain(
     model.train()
     for step in range(first_step, cfg.steps):
         index = rng.choice(len(pool), cfg.batch_size, replace=False)
-        texts, claims = zip(*(caption(pool, int(i), rng) for i in index))
+        texts, claims = zip(*(caption(pool, int(i), rng) for i in index), strict=True)
         tokens = tokenizer(list(texts))
         match = torch.from_numpy(positives(np.stack(claims), pool, index).T).float()
         img = F.normalize(model.encode_image(images[index]), dim=-1)
