@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ptlab.yamlfile import read_mapping
 
 NoiseType = Literal["none", "symmetric", "pair", "confusion", "ptnl"]
 LossName = Literal["ce", "gce", "mae", "sce", "nce_rce"]
@@ -135,14 +136,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 def load_trial_config(path: str | Path) -> TrialConfig:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as err:
-        raise ConfigError(f"{path}: no such trial config file") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a trial config is a mapping of fields (method, backbone, dataset, ...)")
+    data, _ = read_mapping(path, "trial config", "a mapping of fields (method, backbone, dataset, ...)", ConfigError)
     try:
         return TrialConfig.model_validate(data)
     except ValidationError as err:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import ptlab
+from ptlab.yamlfile import read_mapping
 
 # dashboards/ sits beside the package in the repository.
 SHIPPED = Path(ptlab.__file__).resolve().parent.parent / "dashboards"
@@ -141,17 +142,8 @@ def _line(node: yaml.Node, loc: tuple[Any, ...]) -> int:
 
 def load_dashboard(path: str | Path) -> Dashboard:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError as err:
-        raise DashboardError(f"{path}: no such dashboard file") from err
-    try:
-        data = yaml.safe_load(text)
-        tree = yaml.compose(text)
-    except yaml.YAMLError as err:
-        raise DashboardError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise DashboardError(f"{path}: a dashboard is a mapping with title and figures")
+    data, text = read_mapping(path, "dashboard", "a mapping with title and figures", DashboardError)
+    tree = yaml.compose(text)
     try:
         return Dashboard.model_validate(data)
     except ValidationError as err:

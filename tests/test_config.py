@@ -1,0 +1,38 @@
+import pytest
+
+from ptlab.config import ConfigError, TrialConfig, load_trial_config
+
+
+def test_errors_name_file_line_and_field(tmp_path):
+    with pytest.raises(ConfigError, match="no such trial config file"):
+        load_trial_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: coop\nshots: [1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_trial_config(bad)
+    bad.write_text("- coop\n")
+    with pytest.raises(ConfigError, match="a mapping of fields"):
+        load_trial_config(bad)
+    bad.write_text("method: coop\nnoise_rate: 1.5\ntrain: {epochs: -1}\nshotz: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_trial_config(bad)
+    text = str(err.value)
+    assert "field noise_rate" in text and "field train.epochs" in text and "field shotz" in text
+
+
+def test_noise_rate_needs_a_noise_type():
+    with pytest.raises(ValueError, match="needs a noise_type"):
+        TrialConfig(noise_rate=0.25)
+
+
+def test_trial_id_is_a_content_hash_and_updates_follow_dotted_paths():
+    a = TrialConfig()
+    b = a.with_updates({"train.lr": 0.01, "gce_q": 0.5})
+    assert b.train.lr == 0.01 and b.gce_q == 0.5 and a.train.lr == 0.002
+    assert a.trial_id != b.trial_id and TrialConfig().trial_id == a.trial_id
+
+
+def test_empty_file_is_the_default_trial(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_trial_config(empty) == TrialConfig()
