@@ -99,7 +99,11 @@ def _summarise(spec, study_dir: Path) -> None:
         from ptlab.report.html import build_report
     except ImportError:
         return
-    html = build_report(study_dir, dashboard=spec.report)
+    try:
+        html = build_report(study_dir, dashboard=spec.report)
+    except Exception as err:  # the results are stored; only the view of them failed
+        _fail(f"the study finished but its report failed: {type(err).__name__}: {err}\n"
+              f"results are in {study_dir}; rebuild the report with `ptlab report {study_dir}`", code=1)
     typer.echo(f"report: {html}")
 
 

@@ -347,10 +347,15 @@ STUDY_FILE = "study.yaml"
 def run_study(spec: StudySpec, study_dir: Path, connection: RayConnection, resume: bool = False) -> bool:
     """Run (or resume) every trial of the study; True once all planned trials have ended."""
     study_dir = study_dir.resolve()
+    slots = trial_slots(spec, connection)  # a study that cannot fit fails before it leaves a folder
     if not resume:
         study_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(study_dir / STUDY_FILE, spec.to_yaml().encode())
-    write_driver(study_dir, connection.dashboard_url, trial_slots(spec, connection))
+    write_driver(study_dir, connection.dashboard_url, slots)
+    # Tune's advice on interruption (Tuner.restore, trials without results yet) is
+    # replaced by ptlab's own: `ptlab study resume DIR`.
+    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     tuner = restore_tuner(spec, study_dir) if resume else build_tuner(spec, study_dir, connection)
     grid = tuner.fit()
     finished = grid.num_terminated + grid.num_errors == len(grid) >= spec.n_planned()
