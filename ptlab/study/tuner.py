@@ -153,8 +153,17 @@ def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, err
     return None
 
 
-def _error_text(trial) -> str:
-    return str(trial.get_error() or f"trial {trial.trial_id} failed (no error text; see {trial.local_path})")
+def _error_text(trial, wait_s: float = 5.0) -> str:
+    # On a loaded machine Tune reports the error before its error.txt lands in the
+    # trial folder: wait briefly for the file rather than store a failure without its cause.
+    deadline = time.monotonic() + wait_s
+    error_file = Path(trial.local_path) / "error.txt"
+    while True:
+        error = trial.get_error() or (error_file.read_text() if error_file.is_file() else None)
+        if error or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    return str(error or f"trial {trial.trial_id} failed (no error text; see {trial.local_path})")
 
 
 class Recorder(tune.Callback):
