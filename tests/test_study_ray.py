@@ -41,16 +41,20 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A 2-CPU head node started like a user would, joined through the study layer's `connect`."""
+    """A 2-CPU head node started like a user would, joined through the study layer's `connect`.
+
+    The node is pinned to loopback: on a CI runner whose own address is
+    firewalled, Ray would otherwise advertise (and redirect the join to) it.
+    """
     import ray
 
-    from ptlab.study.tuner import connect
+    from ptlab.study.cluster import connect
 
     port, dashboard = free_port(), free_port()
     log = open(tmp_path_factory.mktemp("ray-head") / "head.log", "w")
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-         "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--num-gpus=0", "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
          "--disable-usage-stats"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -68,11 +72,13 @@ def cluster(tmp_path_factory):
         yield connection
     finally:
         ray.shutdown()
-        head.terminate()  # `ray start --block` drains and stops the processes it started
+        # The head runs in its own session: signal just the processes it started, all at
+        # once (`ray start --block` alone would first drain the node for 30 s).
+        os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=180)
+            head.wait(timeout=120)
         except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)  # its own session: only what it started
+            os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         log.close()
 
@@ -164,7 +170,7 @@ def test_search_asha_prunes_into_optuna_and_frees_every_cpu(cluster, random_tiny
         train={"epochs": 3, "views": 1, "batch_size": 8},
         search={
             "space": {"lr": {"log_uniform": [1.0e-4, 10.0]}},
-            "samples": 4,
+            "samples": 3,
             "metric": "train_loss",
             "mode": "min",
             "asha": {"grace_period": 1, "reduction_factor": 2},
@@ -173,14 +179,14 @@ def test_search_asha_prunes_into_optuna_and_frees_every_cpu(cluster, random_tiny
     assert run(spec, tmp_path, cluster)
 
     df = pl.read_parquet(tmp_path / "results.parquet")
-    assert df.height == 4 and df["tune_trial_id"].n_unique() == 4
+    assert df.height == 3 and df["tune_trial_id"].n_unique() == 3
     pruned = df.filter(pl.col("status") == "pruned")
     assert pruned.height >= 1
     assert (pruned["epochs_done"] < 3).all()
 
     loaded = optuna.load_study(study_name="search", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
     states = {t.user_attrs["tune_trial_id"]: t.state for t in loaded.trials}
-    assert len(loaded.trials) == 4 and len(states) == 4
+    assert len(loaded.trials) == 3 and len(states) == 3
     for key, status in zip(df["tune_trial_id"], df["status"], strict=True):
         expected = optuna.trial.TrialState.PRUNED if status == "pruned" else optuna.trial.TrialState.COMPLETE
         assert states[key] == expected, (key, status, states[key])

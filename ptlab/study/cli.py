@@ -59,7 +59,8 @@ def validate(study: Path = typer.Argument(..., help="Study YAML file.")):
 
 
 def _execute(spec, study_dir: Path, address: str | None, cpus: int | None, resume: bool) -> None:
-    from ptlab.study.tuner import connect, dashboard_help, run_study
+    from ptlab.study.cluster import connect, dashboard_help
+    from ptlab.study.tuner import run_study
 
     try:
         connection = connect(address, cpus)

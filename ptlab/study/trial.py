@@ -128,6 +128,10 @@ class TrialPlan:
     cpu: float
     gpu: float
     workers: int
+    # Send every epoch's metrics to Ray, for a searcher or scheduler to act on. A Ray Train
+    # report waits for the controller's next poll, so grids, where nothing listens, send
+    # only the final result; every epoch is in curve.jsonl either way.
+    stream_epochs: bool
 
     @property
     def cache_dir(self) -> Path:
@@ -168,7 +172,8 @@ def execute(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan, send: Callable
         row = {**metrics, "epoch": epoch}
         if writer:
             files.append_curve(row)
-        send(row)
+        if plan.stream_epochs:
+            send(row)
 
     def log(message: str) -> None:
         if writer:

@@ -1,4 +1,4 @@
-"""Ray Tune for a study: the cluster, each trial's resources, search and scheduling, storage and resume.
+"""Ray Tune for a study: each trial's resources, search and scheduling, storage and resume.
 
 A grid study is a Tune grid search over fully resolved trial configs with no
 scheduler. A search study is Optuna (seeded TPE, journal storage in the study
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from ptlab.methods.base import STATUS_FAILED, STATUS_PRUNED
+from ptlab.study.cluster import RayConnection
 from ptlab.study.progress import Progress, write_driver
 from ptlab.study.spec import StudySpec
 from ptlab.study.store import ResultStore, TrialOutcome
@@ -30,73 +29,6 @@ from ptlab.study.trial import FINAL, TrialPlan, atomic_write, run_trial_fn
 
 TUNE_DIR = "tune"
 OPTUNA_JOURNAL = "journal.log"
-# The Train controller polls its workers this often (s); Ray's 2 s default throttles short epochs.
-TRAIN_POLL_S = "0.25"
-# Environment of every Ray process of the study. Trials keep the driver's working
-# directory so relative data paths mean what they meant to the user.
-RAY_ENV = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_S,
-    "RAY_CHDIR_TO_TRIAL_DIR": "0",
-    # Trial results carry only some metrics each epoch (e.g. val_acc every eval_every epochs).
-    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-    # Tune's own console output; the study prints its own progress view.
-    "RAY_AIR_NEW_OUTPUT": "0",
-}
-FORWARDED_ENV_PREFIXES = ("PTLAB_", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
-
-
-@dataclass(frozen=True)
-class RayConnection:
-    dashboard_url: str | None
-    started_here: bool
-    cpus: float
-    gpus: float
-
-
-def connect(address: str | None = None, num_cpus: int | None = None) -> RayConnection:
-    """Join `address` or start a local cluster whose dashboard listens on 127.0.0.1 only.
-
-    The dashboard stays on: without it Ray Train leaks the placement groups of
-    trials Tune stops (ray-project/ray#54305) and a study deadlocks. Token
-    authentication stays on as Ray sets it up.
-    """
-    import ray
-
-    os.environ.update(RAY_ENV)
-    if not address:
-        # It watches for nodes being drained (spot instances); one process less per trial here.
-        os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) or k in RAY_ENV
-           or k == "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"}
-    if address:
-        context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False,
-                           logging_level=logging.WARNING)
-    else:
-        # address="local": never attach to whatever cluster /tmp/ray/ray_current_cluster names,
-        # which outlives a crashed `ray start` and would make ray.init wait on a dead GCS.
-        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                           runtime_env={"env_vars": env}, log_to_driver=False, logging_level=logging.WARNING)
-    resources = ray.cluster_resources()
-    url = context.dashboard_url
-    return RayConnection(
-        dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
-        started_here=not address,
-        cpus=float(resources.get("CPU", 0)),
-        gpus=float(resources.get("GPU", 0)),
-    )
-
-
-def dashboard_help(connection: RayConnection) -> str:
-    if not connection.dashboard_url:
-        return "Ray dashboard: not running on this cluster"
-    port = connection.dashboard_url.rsplit(":", 1)[-1]
-    return (
-        f"Ray dashboard: {connection.dashboard_url} (bound to this machine only; token authentication on).\n"
-        f"  Open it in a browser and paste the token printed by `ray get-auth-token` (stored in ~/.ray/auth_token).\n"
-        f"  From another machine: ssh -L {port}:127.0.0.1:{port} THIS_HOST, then open http://127.0.0.1:{port}"
-    )
-
-
 def trial_slots(spec: StudySpec, connection: RayConnection) -> int:
     """How many trials fit on the cluster at once."""
     r = spec.resources
@@ -113,7 +45,8 @@ def trial_slots(spec: StudySpec, connection: RayConnection) -> int:
 
 def trial_plan(spec: StudySpec, study_dir: Path) -> TrialPlan:
     r = spec.resources
-    return TrialPlan(str(study_dir.resolve()), spec.base.canonical(), spec.runner, r.cpu, r.gpu, r.workers)
+    return TrialPlan(str(study_dir.resolve()), spec.base.canonical(), spec.runner, r.cpu, r.gpu, r.workers,
+                     stream_epochs=spec.search is not None)
 
 
 def _trial_dirname(trial) -> str:
