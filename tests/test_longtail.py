@@ -119,3 +119,25 @@ def test_shot_group_boundaries_and_percent_metrics():
     assert metrics["medium_acc"] == 50.0  # mean of class 1 (100%) and class 2 (0%)
     assert metrics["few_acc"] == 50.0
     assert metrics["test_acc"] == pytest.approx(100 * 3 / 6)
+
+
+def test_any_supervised_trial_on_long_tailed_data_reports_shot_groups(feature_cache, random_tiny_clip):
+    import math
+
+    from ptlab.config import TrialConfig
+    from ptlab.methods import run_trial
+    from ptlab.methods.base import TrialContext
+
+    def probe(dataset):
+        cfg = TrialConfig(method="linear_probe", backbone=random_tiny_clip, dataset=dataset, shots=0,
+                          data={"imbalance": 10}, method_options={"search_steps": 0})
+        return run_trial(cfg, TrialContext(cache_dir=feature_cache))
+
+    record = probe("lt:world:shapes")  # 64, 50, 38, 30, 23 medium; 18, 14, 11, 8, 6 few
+    per_class = np.array(record.details["per_class_acc"])
+    m = record.metrics
+    assert (m["many_classes"], m["medium_classes"], m["few_classes"]) == (0, 5, 5)
+    assert math.isnan(m["many_acc"])
+    assert m["medium_acc"] == pytest.approx(per_class[:5].mean())
+    assert m["few_acc"] == pytest.approx(per_class[5:].mean())
+    assert "few_acc" not in probe("world:shapes").metrics

@@ -87,7 +87,7 @@ def _long_tailed(inner: str, options: DataConfig) -> DatasetBundle:
     splits = dict(bundle.splits)
     splits["train"] = Split(train.labels[keep], SubsetImages(train.images, keep, identity))
     return DatasetBundle(
-        f"lt:{inner}", bundle.classnames, bundle.template, splits, {**bundle.meta, "imbalance": options.imbalance}
+        f"lt:{inner}", bundle.classnames, bundle.template, splits, {**bundle.meta, "imbalance": options.imbalance, "long_tailed": True}
     )
 
 
@@ -173,4 +173,4 @@ def _list(path: str, options: DataConfig) -> DatasetBundle:
     base = os.path.abspath(os.path.expanduser(options.root)) if options.root else folder
     # An out-of-range label keeps a placeholder name here; _build reports it with its position.
     entries = {split: [(rel, y, names.get(y, str(y))) for rel, y in split_rows] for split, split_rows in lists.items()}
-    return _build(source, PHOTO_TEMPLATE, base, entries, folder, {"lists": folder})
+    return _build(source, PHOTO_TEMPLATE, base, entries, folder, {"lists": folder, "long_tailed": True})

@@ -122,6 +122,11 @@ class DatasetBundle:
     def n_classes(self) -> int:
         return len(self.classnames)
 
+    @property
+    def long_tailed(self) -> bool:
+        """Its training split is long-tailed by design, so trials report many/medium/few-shot accuracy."""
+        return bool(self.meta.get("long_tailed"))
+
     def split(self, name: str) -> Split:
         if name not in self.splits:
             raise DataError(f"dataset {self.source!r} has no {name!r} split; it has {', '.join(self.splits)}")
@@ -234,7 +239,8 @@ def _world(name: str, options: DataConfig) -> DatasetBundle:
             splits[split] = Split(ws.labels, ArrayImages(render_split(ws), identity))
     except KeyError as err:
         raise DataError(f"dataset 'world:{name}': {err.args[0]}") from err
-    return DatasetBundle(f"world:{name}", task.classnames, task.template, splits, {"domain": options.domain})
+    meta = {"domain": options.domain, "long_tailed": name in LONG_TAILED}
+    return DatasetBundle(f"world:{name}", task.classnames, task.template, splits, meta)
 
 
 def class_counts(labels: Sequence[int], n_classes: int) -> np.ndarray:

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ptlab.config import TrialConfig
+from ptlab.metrics import SHOT_GROUPS, shot_group_accuracy, shot_groups
 
 STATUS_COMPLETED = "completed"
 STATUS_NAN = "flagged_nan"
@@ -104,6 +106,17 @@ def provenance() -> dict[str, str]:
     except ImportError:
         versions["ray"] = ""
     return versions
+
+
+def shot_group_metrics(pred: np.ndarray, labels: np.ndarray, counts: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """Many/medium/few-shot test accuracy in percent (groups by training images: ptlab.metrics.shot_groups)."""
+    return {f"{prefix}{g}_acc": 100 * v for g, v in shot_group_accuracy(pred, labels, counts).items()}
+
+
+def shot_group_sizes(counts: np.ndarray) -> dict[str, float]:
+    """How many classes fall in each shot group, so a report can tell an empty group from a bad one."""
+    groups = shot_groups(counts)
+    return {f"{g}_classes": float((groups == g).sum()) for g in SHOT_GROUPS}
 
 
 def sanity_status(metrics: dict[str, float], curves: list[dict[str, float]], n_classes: int) -> str:

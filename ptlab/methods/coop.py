@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from ptlab.config import TrialConfig
+from ptlab.data.sources import class_counts
 from ptlab.losses import make_loss
-from ptlab.methods.base import TrialContext, TrialRecord, sanity_status
+from ptlab.methods.base import TrialContext, TrialRecord, sanity_status, shot_group_metrics, shot_group_sizes
 from ptlab.methods.gradient_ratio import GradientRatioProbe
 from ptlab.methods.schedule import epoch_lr, make_optimizer, set_lr
 from ptlab.methods.supervision import SupervisedSetup, prepare_supervised
@@ -155,6 +156,10 @@ def trial_record(
         values = [c[key] for c in curves if key in c]
         if values:
             metrics[key] = values[-1]
+    if s.bundle.long_tailed:
+        counts = class_counts(s.train_labels, s.n_classes)
+        metrics.update(shot_group_metrics(test_pred, s.test_labels, counts))
+        metrics.update(shot_group_sizes(counts))
     metrics.update(s.summary())
     metrics.update(extra or {})
     details = {"per_class_acc": (100 * per_class_accuracy(test_pred, s.test_labels, s.n_classes)).tolist()}

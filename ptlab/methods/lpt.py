@@ -57,18 +57,11 @@ from ptlab.data.noise import NoisyLabels
 from ptlab.data.sampling import ClassBalancedSampler, instance_batches
 from ptlab.data.sources import DatasetBundle, Split, class_counts, load_dataset
 from ptlab.losses import agcl_loss
-from ptlab.methods.base import TrialContext, TrialRecord, sanity_status
+from ptlab.methods.base import TrialContext, TrialRecord, sanity_status, shot_group_metrics, shot_group_sizes
 from ptlab.methods.coop import loss_for
 from ptlab.methods.schedule import epoch_lr, make_optimizer, set_lr
 from ptlab.methods.supervision import noisy_training_set
-from ptlab.metrics import (
-    SHOT_GROUPS,
-    accuracy,
-    mean_per_class_accuracy,
-    per_class_accuracy,
-    shot_group_accuracy,
-    shot_groups,
-)
+from ptlab.metrics import accuracy, mean_per_class_accuracy, per_class_accuracy
 from ptlab.models.vpt import PromptedViT, load_vision_tower
 
 STAGE1_FORMAT = 1  # bump when stage-1 training changes what it computes
@@ -199,7 +192,7 @@ def shot_metrics(pred: np.ndarray, labels: np.ndarray, counts: np.ndarray, prefi
         f"{prefix}test_acc": 100 * accuracy(pred, labels),
         f"{prefix}test_macro_acc": 100 * mean_per_class_accuracy(pred, labels, n_classes),
     }
-    out.update({f"{prefix}{g}_acc": 100 * v for g, v in shot_group_accuracy(pred, labels, counts).items()})
+    out.update(shot_group_metrics(pred, labels, counts, prefix))
     return out
 
 
@@ -310,8 +303,7 @@ def _resume_into(trainer: PromptTrainer, optimizer, state: dict) -> int:
 
 def _record(cfg: TrialConfig, trainer: PromptTrainer, metrics: dict, pred: np.ndarray, timings: dict) -> TrialRecord:
     s = trainer.setup
-    groups = shot_groups(s.counts)
-    metrics.update({f"{g}_classes": float((groups == g).sum()) for g in SHOT_GROUPS})
+    metrics.update(shot_group_sizes(s.counts))
     metrics.update(train_size=float(len(s.train)), epochs_done=float(len(trainer.curves)))
     metrics["noise_realised"] = float(s.train.rate)
     for key in ("val_acc", "train_loss"):
