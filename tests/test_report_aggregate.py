@@ -4,7 +4,7 @@ import math
 
 import polars as pl
 import pytest
-from report_fixtures import trial_row, write_study
+from report_fixtures import ENSEMBLE_GAIN, trial_row, upl_study, write_study
 
 from ptlab.report.aggregate import (
     cell_keys,
@@ -202,3 +202,16 @@ def test_method_options_stored_as_json_become_columns(tmp_path):
     assert study.keys == ["method_options.selection"]
     cells = cell_summary(study.trials, study.keys, study.metrics)
     assert cells["method_options.selection"].to_list() == ["confident", "random"]
+
+
+def test_seed_ensembles_are_cells_of_their_own_but_not_trials(tmp_path):
+    study = load_study(upl_study(tmp_path / "upl"))
+    assert study.trials.height == 6 and study.ensembles.height == 2
+    assert not study.partial and study.status_counts() == {"completed": 6}
+    assert study.keys == ["method", "ensemble_size"] and "ensemble_size" not in study.metrics
+    cells = cell_summary(study.rows, study.keys, study.metrics)
+    members = cells.filter(pl.col("method") == "upl")
+    ensemble = cells.filter(pl.col("method") == "upl_ensemble")
+    assert ensemble["ensemble_size"].item() == 3 and members["ensemble_size"].item() is None
+    assert ensemble["test_acc_mean"].item() == pytest.approx(members["test_acc_mean"].item() + ENSEMBLE_GAIN)
+    assert ensemble["member_test_acc_mean"].item() == pytest.approx(members["test_acc_mean"].item())

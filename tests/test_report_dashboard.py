@@ -23,7 +23,7 @@ SHIPPED_NAMES = sorted(p.stem for p in SHIPPED.glob("*.yaml"))
 
 def rendered(board_name: str, folder: Path):
     study = load_study(folder)
-    cells = cell_summary(study.trials, study.keys, study.metrics)
+    cells = cell_summary(study.rows, study.keys, study.metrics)
     return [render(spec, study, cells) for spec in load_dashboard(SHIPPED / f"{board_name}.yaml").figures]
 
 

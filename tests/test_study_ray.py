@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import polars as pl
 import pytest
@@ -148,6 +149,52 @@ def test_grid_inline_end_to_end_with_a_trial_that_keeps_failing(cluster, random_
     stored = yaml.safe_load((tmp_path / "study.yaml").read_text())
     assert stored["planned_trials"] == 4 and stored["name"] == "grid_inline"
     assert (tmp_path / "features").is_dir()
+
+
+def test_upl_grid_stores_its_seed_ensemble_once(cluster, tmp_path):
+    """The ensemble row holds the accuracy of the members' averaged saved logits; a resume replaces it, never adds one.
+
+    The shipped tiny CLIP, not a random one: members at chance level would be flagged and left out of ensembles.
+    """
+    from ptlab.report.html import build_report
+    from ptlab.study.progress import study_status
+    from ptlab.study.store import ResultStore
+    from ptlab.study.tuner import run_study
+
+    spec = study("world:tiny-rn", name="upl_ensemble", method="upl", noise_type="none", shots=4, n_ctx=4,
+                 train={"epochs": 2, "views": 1, "batch_size": 8, "augment": False}, seeds=[1, 2],
+                 ensemble={"upl": 2})
+    assert run(spec, tmp_path, cluster)
+
+    df = pl.read_parquet(tmp_path / "results.parquet")
+    trials = df.filter(pl.col("ensemble_size").is_null()).sort("seed")
+    assert trials.height == 2 and set(trials["status"]) == {"completed"}
+    (row,) = df.filter(pl.col("ensemble_size").is_not_null()).to_dicts()
+    assert row["method"] == "upl_ensemble" and row["ensemble_size"] == 2 and row["ensemble_seeds"] == "1,2"
+    assert row["ensemble_members"] == ",".join(trials["trial_id"]) and row["seed"] is None
+    assert row["loss"] == "ce" and row["method_options"] == trials["method_options"][0]
+
+    members = []
+    for key in trials["tune_trial_id"]:
+        with np.load(tmp_path / "trials" / key / "artifacts" / "test_logits.npz") as saved:
+            members.append((saved["logits"], saved["labels"]))
+    labels = members[0][1]
+    for (logits, _), acc in zip(members, trials["test_acc"], strict=True):
+        assert 100 * np.mean(logits.argmax(1) == labels) == pytest.approx(acc)  # the logits the trial was scored on
+    mean = np.mean([logits.astype(np.float64) for logits, _ in members], axis=0)
+    assert row["test_acc"] == pytest.approx(100 * np.mean(mean.argmax(1) == labels))
+    assert row["member_test_acc"] == pytest.approx(trials["test_acc"].mean())
+
+    # spoil the stored ensemble: the resume must compute it afresh and replace it, not add another
+    ResultStore(tmp_path).set_ensembles([{**row, "test_acc": -1.0}])
+    stored = validate_study(yaml.safe_load((tmp_path / "study.yaml").read_text()))
+    assert stored.ensemble == {"upl": [2]}
+    assert run_study(stored, tmp_path, cluster, resume=True)
+    again = pl.read_parquet(tmp_path / "results.parquet")
+    assert again.height == 3 and again.filter(pl.col("ensemble_size").is_not_null())["test_acc"].to_list() == [row["test_acc"]]
+    # the ensemble is no trial: progress counts two, and the report shows it as a cell of its own
+    assert study_status(tmp_path)["done"] == 2
+    assert "<td>upl_ensemble</td>" in build_report(tmp_path).read_text()
 
 
 def test_grid_on_ray_train_jobs(cluster, random_tiny_clip, tmp_path):

@@ -43,6 +43,19 @@ search:
   asha: {grace_period: 1, reduction_factor: 2}
 """
 
+UPL = """\
+name: tiny_upl
+method: upl
+backbone: world:tiny-rn
+dataset: world:shapes
+shots: 4
+factors:
+  loss: [ce, gce]
+seeds: [1, 2]
+ensemble: {upl: 2}
+runner: inline
+"""
+
 
 def edit(base: str, old: str, new: str) -> str:
     assert old in base, old
@@ -124,6 +137,15 @@ CATALOGUE = [
      "search.asha.grace_period", ["below train.epochs (6)"]),
     ("search mode", edit(SEARCH, "metric: val_acc", "metric: val_acc\n  mode: maximise"), "mode:", "search.mode",
      ["'max' or 'min'"]),
+    ("ensemble of a method without test logits", edit(GOOD, "seeds: [1, 2]", "seeds: [1, 2]\nensemble: {coop: 2}"),
+     "ensemble:", "ensemble.coop", ["saves no test logits", "allowed: upl, robust_upl"]),
+    ("ensemble of a method the study does not run", edit(UPL, "{upl: 2}", "{upl: 2, robust_upl: 2}"), "ensemble:",
+     "ensemble.robust_upl", ["runs no robust_upl trials", "add it to factors.method"]),
+    ("ensemble of more seeds than listed", edit(UPL, "{upl: 2}", "{upl: [2, 16]}"), "ensemble:", "ensemble.upl",
+     ["ensemble of 16", "lists 2", "add seeds or lower the size"]),
+    ("ensemble of no seeds", edit(UPL, "{upl: 2}", "{upl: 0}"), "ensemble:", "ensemble.upl[0]", ["greater than 0"]),
+    ("ensemble in a search study", SEARCH + "ensemble: {coop: 1}\n", "ensemble:", "ensemble",
+     ["search study", "remove `ensemble`"]),
 ]
 
 
@@ -202,6 +224,15 @@ def test_spec_as_run_round_trips_with_its_hash():
     assert [t.trial_id for t in again.trials()] == [t.trial_id for t in spec.trials()]
     for key in ("name", "method", "factors", "seeds", "report", "planned_trials"):
         assert key in stored
+
+
+def test_ensemble_sizes_are_stored_with_the_spec_but_not_hashed():
+    one = validate_study(yaml.safe_load(UPL))
+    several = validate_study(yaml.safe_load(edit(UPL, "{upl: 2}", "{upl: [1, 2]}")))
+    assert one.ensemble == {"upl": [2]} and several.ensemble == {"upl": [1, 2]}
+    assert validate_study(yaml.safe_load(several.to_yaml())).ensemble == {"upl": [1, 2]}
+    # ensembles are computed from stored trials: changing them changes no trial
+    assert one.content_hash() == several.content_hash()
 
 
 def test_an_edited_stored_spec_is_caught():

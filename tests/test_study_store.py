@@ -74,6 +74,21 @@ def test_rows_with_different_metrics_share_one_table(tmp_path):
     assert df["test_acc"].to_list() == [71.5, None] and df["error"].to_list()[1] == "RuntimeError: boom"
 
 
+def test_ensemble_rows_sit_beside_trial_rows_and_are_replaced_whole(tmp_path):
+    store = ResultStore(tmp_path)
+    store.add(outcome("t1"))
+    ensemble = {"trial_id": "ens-1", "cell_id": "c-ens2", "method": "upl_ensemble", "status": "completed",
+                "ensemble_size": 2, "test_acc": 80.0}
+    store.set_ensembles([ensemble])
+    store.set_ensembles([{**ensemble, "test_acc": 81.0}])
+    store.add(outcome("t2", seed=2))  # a trial recorded later keeps the ensemble row
+    assert sorted(store.results()["tune_trial_id"].to_list()) == ["t1", "t2"]
+    rows = store.rows().filter(pl.col("ensemble_size").is_not_null())
+    assert rows["tune_trial_id"].to_list() == ["ens-1"] and rows["test_acc"].to_list() == [81.0]
+    store.set_ensembles([])
+    assert store.rows().height == 2
+
+
 def test_curve_file_keeps_the_latest_report_of_each_epoch(tmp_path):
     files = TrialFiles(tmp_path)
     for epoch, value in [(1, 1.0), (2, 2.0), (2, 2.5), (3, 3.0)]:

@@ -83,7 +83,7 @@ def ensemble_rows(
         ensemble of every seed.
 
     A row keeps the members' config columns but the seed (flattened as
-    results tables hold them: "train.lr", "method_options.x"), names the
+    results tables hold them: "train.lr", "method_options"), names the
     method `<method>_ensemble`, and holds ensemble_size, ensemble_seeds,
     ensemble_members, test_acc and test_macro_acc of the averaged logits,
     member_test_acc (the members' mean) and the members' mean of each
@@ -114,7 +114,8 @@ def _flat_paths(tree: dict[str, Any], prefix: str = "") -> set[str]:
     return paths
 
 
-CONFIG_COLUMNS = frozenset(_flat_paths(TrialConfig().canonical()) - {"seed"})
+# method_options is an open mapping that results tables keep as one JSON column.
+CONFIG_COLUMNS = frozenset(_flat_paths(TrialConfig().canonical()) - {"seed"} | {"method_options"})
 
 
 def _is_config(column: str) -> bool:

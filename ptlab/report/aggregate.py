@@ -2,6 +2,8 @@
 
 Reads only what a study stored (study.yaml, results.parquet, curves.parquet);
 nothing here trains or touches Ray. Accuracies are percentages (0-100).
+results.parquet may also hold a study's seed ensembles, one row each: they
+make cells of their own (method `<method>_ensemble`) but are not trials.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from ptlab.config import TrialConfig
+from ptlab.study.store import ENSEMBLE_SIZE
 
 COMPLETED = "completed"
 PRUNED = "pruned"
@@ -72,13 +75,21 @@ class StudyResults:
     spec: dict[str, Any]
     spec_text: str
     trials: pl.DataFrame
+    ensembles: pl.DataFrame  # rows of seed ensembles; empty unless the study asked for them
     curves: pl.DataFrame
-    keys: list[str]  # config columns that tell cells apart, spec factors first
+    keys: list[str]  # config columns (and ensemble_size) that tell cells apart, spec factors first
     metrics: list[str]  # numeric outcome columns holding at least one value
 
     @property
     def name(self) -> str:
         return str(self.spec.get("name", self.folder.name))
+
+    @property
+    def rows(self) -> pl.DataFrame:
+        """Trials and ensembles: what cells are made of."""
+        if self.ensembles.is_empty():
+            return self.trials
+        return pl.concat([self.trials, self.ensembles], how="diagonal_relaxed")
 
     @property
     def planned(self) -> int | None:
@@ -114,10 +125,11 @@ def load_study(folder: str | Path) -> StudyResults:
     if not isinstance(spec, dict):
         raise ValueError(f"{spec_path}: a study spec is a mapping")
     results_path = folder / "results.parquet"
-    trials = pl.read_parquet(results_path) if results_path.is_file() else pl.DataFrame()
-    if not trials.is_empty():
+    rows = pl.read_parquet(results_path) if results_path.is_file() else pl.DataFrame()
+    if not rows.is_empty():
         # A retried trial is appended again; its latest row is the one that counts.
-        trials = spread_method_options(trials.unique(subset="trial_id", keep="last", maintain_order=True))
+        rows = spread_method_options(rows.unique(subset="trial_id", keep="last", maintain_order=True))
+    ensemble = pl.col(ENSEMBLE_SIZE).is_not_null() if ENSEMBLE_SIZE in rows.columns else pl.lit(False)
     curves_path = folder / "curves.parquet"
     curves = pl.read_parquet(curves_path) if curves_path.is_file() else pl.DataFrame()
     factors = list((spec.get("factors") or {}).keys())
@@ -125,10 +137,11 @@ def load_study(folder: str | Path) -> StudyResults:
         folder=folder,
         spec=spec,
         spec_text=spec_text,
-        trials=trials,
+        trials=rows.filter(~ensemble),
+        ensembles=rows.filter(ensemble),
         curves=curves,
-        keys=cell_keys(trials, factors),
-        metrics=metric_columns(trials),
+        keys=cell_keys(rows, factors),
+        metrics=metric_columns(rows),
     )
 
 
@@ -151,11 +164,16 @@ def spread_method_options(trials: pl.DataFrame) -> pl.DataFrame:
     return trials.drop("method_options").with_columns(spread)
 
 
+def _is_input_column(column: str) -> bool:
+    """What a row was computed from rather than what it measured; ensembles of a cell differ in size alone."""
+    return is_config_column(column) or column == ENSEMBLE_SIZE
+
+
 def cell_keys(trials: pl.DataFrame, factors: list[str]) -> list[str]:
-    """Config columns that vary between trials, seed aside: a grid's factors or a search's space."""
+    """Columns that vary between rows, seed aside: a grid's factors or a search's space, and ensemble sizes."""
     if trials.is_empty():
         return []
-    varying = [c for c in trials.columns if is_config_column(c) and c != "seed" and trials.get_column(c).n_unique() > 1]
+    varying = [c for c in trials.columns if _is_input_column(c) and c != "seed" and trials.get_column(c).n_unique() > 1]
     return [f for f in factors if f in varying] + sorted(c for c in varying if c not in factors)
 
 
@@ -167,7 +185,7 @@ def metric_columns(trials: pl.DataFrame) -> list[str]:
         for c, dtype in trials.schema.items()
         if dtype.is_numeric()
         and c not in _RECORD_COLUMNS
-        and not is_config_column(c)
+        and not _is_input_column(c)
         and trials.get_column(c).null_count() < trials.height
     ]
     first = [m for m in _METRIC_ORDER if m in numeric]
@@ -303,7 +321,9 @@ def paper_table(cells: pl.DataFrame, keys: list[str], metrics: list[str]) -> pl.
     if cells.is_empty():
         return pl.DataFrame()
     columns: dict[str, list[str]] = {
-        k: [format_number(v) if isinstance(v, float) else str(v) for v in cells.get_column(k).to_list()] for k in keys
+        # a key that some rows lack (ensemble_size on trial rows) prints as a dash
+        k: [format_number(v) if isinstance(v, float) or v is None else str(v) for v in cells.get_column(k).to_list()]
+        for k in keys
     }
     seeds = []
     for n, excluded in cells.select("n_seeds", "n_excluded").iter_rows():

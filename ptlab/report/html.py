@@ -27,6 +27,7 @@ from ptlab.report.aggregate import (
 )
 from ptlab.report.dashboard import Dashboard, choose_dashboard, load_dashboard
 from ptlab.report.figures import Rendered, render
+from ptlab.study.store import ENSEMBLE_SIZE
 
 PROVENANCE = ("ptlab_version", "git_commit", "torch_version", "open_clip_version", "ray_version")
 
@@ -59,7 +60,7 @@ def build_report(study_dir: str | Path, dashboard: str | Path | None = None) -> 
     study = load_study(study_dir)
     board_path = choose_dashboard(study.spec, study.folder / "study.yaml", dashboard)
     board = load_dashboard(board_path)
-    cells = cell_summary(study.trials, study.keys, study.metrics) if not study.trials.is_empty() else pl.DataFrame()
+    cells = cell_summary(study.rows, study.keys, study.metrics) if not study.rows.is_empty() else pl.DataFrame()
     primary = next((m for m in board.summary.metrics if m in study.metrics), "test_acc")
     robustness = robustness_summary(cells, study.keys, primary) if not cells.is_empty() else pl.DataFrame()
     out = study.folder / "report"
@@ -107,8 +108,11 @@ def _overview(study: StudyResults, board_path: Path) -> str:
         ("varied", ", ".join(study.keys) or "nothing"),
         ("seeds", ", ".join(map(str, study.spec.get("seeds") or [])) or "–"),
         ("trials", ", ".join(f"{count} {status}" for status, count in study.status_counts().items()) or "none yet"),
-        ("dashboard", str(board_path)),
     ]
+    if not study.ensembles.is_empty():
+        per_size = study.ensembles.group_by(ENSEMBLE_SIZE).len().sort(ENSEMBLE_SIZE).iter_rows()
+        items.append(("seed ensembles", ", ".join(f"{n} of {size} seeds" for size, n in per_size)))
+    items.append(("dashboard", str(board_path)))
     if "wall_s" in study.trials.columns:
         items.append(("compute time", f"{study.trials['wall_s'].sum() / 3600:.2f} trial-hours"))
     for column in PROVENANCE:
@@ -143,6 +147,16 @@ def _summary(study: StudyResults, board: Dashboard, cells: pl.DataFrame) -> str:
         table = table.with_columns(cells["excluded"].fill_null("").alias("excluded (not in the mean)"))
     parts.append(_table(table, wrap=("excluded (not in the mean)",)))
     return "".join(parts)
+
+
+def _ensembles_note(study: StudyResults) -> str:
+    if study.ensembles.is_empty():
+        return ""
+    return (
+        "<p>Rows with an ensemble_size are seed ensembles: one value each, the accuracy of the averaged test "
+        "logits of that many seeds of their cell (the lowest completed ones); member_test_acc is the mean "
+        "accuracy of the same seeds alone.</p>"
+    )
 
 
 def _figure(i: int, item: Rendered) -> str:
@@ -183,6 +197,7 @@ def _page(
         "<p>Per cell: mean ± 95% confidence interval (Student t) over its completed seeds "
         f"({done} completed trials in all). Flagged and failed trials are left out of the means and listed below; "
         "pruned trials appear only in the learning curves and search figures.</p>",
+        _ensembles_note(study),
         _summary(study, board, cells),
     ]
     if not robustness.is_empty():

@@ -48,6 +48,8 @@ def _describe(spec) -> None:
         if len(shown) > 20:
             typer.echo(f"    ... and {len(shown) - 20} more cells")
     typer.echo(f"  planned trials: {spec.n_planned()}")
+    for method, sizes in spec.ensemble.items():
+        typer.echo(f"  then seed ensembles of {method} over {', '.join(map(str, sizes))} seeds per cell")
 
 
 @app.command()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from ptlab.config import TrialConfig
 from ptlab.study.space import (
@@ -29,11 +29,13 @@ from ptlab.study.space import (
 )
 
 STUDY_KEYS = (
-    "name", "description", "method", "factors", "seeds", "search", "resources", "runner",
+    "name", "description", "method", "factors", "seeds", "ensemble", "search", "resources", "runner",
     "retries", "max_concurrent", "report", "planned_trials", "spec_hash",
 )
 TRIAL_KEYS = tuple(k for k in TrialConfig.model_fields if k not in ("method", "seed"))
-# Keys that change which trials run or what they compute; the rest is how they run.
+# Keys that change which trials run or what they compute; the rest is how they run. The
+# ensembles are left out: computed from the stored trials, they may be changed in a stored
+# study and are computed afresh when it resumes.
 HASHED_KEYS = ("method", "base", "factors", "seeds", "search")
 
 
@@ -79,6 +81,9 @@ class StudySpec(Frozen):
     base: TrialConfig
     factors: dict[str, list[Any]] = {}
     seeds: list[int] = Field([1], min_length=1)
+    # method -> sizes of the seed ensembles computed once the trials end, each over a
+    # cell's lowest seeds (ptlab.methods.ensemble); one size may be written without a list.
+    ensemble: dict[str, list[PositiveInt]] = {}
     search: Search | None = None
     resources: Resources = Resources()
     runner: Literal["train", "inline"] = "train"
@@ -87,6 +92,13 @@ class StudySpec(Frozen):
     report: str | None = None
     planned_trials: int | None = None
     spec_hash: str | None = None
+
+    @field_validator("ensemble", mode="before")
+    @classmethod
+    def _one_size_is_a_list(cls, ensemble: Any) -> Any:
+        if not isinstance(ensemble, dict):
+            return ensemble
+        return {m: [n] if isinstance(n, int) and not isinstance(n, bool) else n for m, n in ensemble.items()}
 
     @property
     def kind(self) -> Literal["grid", "search"]:
@@ -118,6 +130,8 @@ class StudySpec(Frozen):
         out.update(base)
         out["factors"] = self.factors
         out["seeds"] = self.seeds
+        if self.ensemble:
+            out["ensemble"] = self.ensemble
         if self.search:
             search = self.search.model_dump(mode="json", exclude={"space"})
             search["space"] = {k: d.to_yaml() for k, d in self.search.space.items()}
@@ -419,6 +433,27 @@ def _check_search(spec: StudySpec, issues: _Issues) -> None:
                        f"{search.asha.grace_period} must be below train.epochs ({epochs}): ASHA's rungs come before the last epoch")
 
 
+def _check_ensemble(spec: StudySpec, issues: _Issues) -> None:
+    from ptlab.methods.ensemble import ENSEMBLE_METHODS
+
+    if spec.search:
+        issues.add(("ensemble",), "a search study runs one seed per sample and has no seeds to ensemble; "
+                                  "remove `ensemble` or run the cell as a grid study with several seeds")
+        return
+    methods = spec.factors.get("method", [spec.method])
+    for method, sizes in spec.ensemble.items():
+        if method not in ENSEMBLE_METHODS:
+            issues.add(("ensemble", method), f"method {method!r} saves no test logits to ensemble; "
+                                             f"allowed: {', '.join(ENSEMBLE_METHODS)}")
+        elif method not in methods:
+            issues.add(("ensemble", method), f"the study runs no {method} trials (its methods: {', '.join(methods)}); "
+                                             "remove it here or add it to factors.method")
+        too_big = [n for n in sizes if n > len(spec.seeds)]
+        if too_big:
+            issues.add(("ensemble", method), f"an ensemble of {max(too_big)} needs as many seeds but the study lists "
+                                             f"{len(spec.seeds)}; add seeds or lower the size")
+
+
 def _check_report(spec: StudySpec, source: Path | None, issues: _Issues) -> str | None:
     if spec.report is None:
         return None
@@ -461,6 +496,8 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
         _check_cells(spec, issues)
     if spec.search:
         _check_search(spec, issues)
+    if spec.ensemble:
+        _check_ensemble(spec, issues)
     if spec.resources.workers > 1 and spec.runner == "inline":
         issues.add(("resources", "workers"), "data-parallel workers need runner: train (inline runs one process)")
     report = _check_report(spec, path, issues)

@@ -5,6 +5,11 @@ one, so a reader, or a driver killed mid-write, only ever sees a complete file
 holding every trial recorded before. Curves are written before results: a
 trial listed in results always has its curve. Rows are keyed by Tune's trial
 id, so recording a trial twice (after a resume) replaces, never duplicates.
+
+results.parquet also holds the rows of a study's seed ensembles
+(ptlab.methods.ensemble), which alone have an `ensemble_size`. They are
+derived from the trials' rows and always replaced as a whole, so computing
+them again (after a resume) never duplicates them either.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from ptlab.study.trial import atomic_write
 RESULTS = "results.parquet"
 CURVES = "curves.parquet"
 KEY = "tune_trial_id"
+# Set on ensemble rows only: what tells them from trial rows, here and in reports.
+ENSEMBLE_SIZE = "ensemble_size"
 PROVENANCE_COLUMNS = {
     "ptlab": "ptlab_version",
     "torch": "torch_version",
@@ -117,8 +124,14 @@ class ResultStore:
     def curves_path(self) -> Path:
         return self.folder / CURVES
 
-    def results(self) -> pl.DataFrame:
+    def rows(self) -> pl.DataFrame:
+        """Every row of results.parquet: trials and ensembles."""
         return pl.read_parquet(self.results_path) if self.results_path.is_file() else pl.DataFrame()
+
+    def results(self) -> pl.DataFrame:
+        """One row per trial."""
+        rows = self.rows()
+        return rows.filter(pl.col(ENSEMBLE_SIZE).is_null()) if ENSEMBLE_SIZE in rows.columns else rows
 
     def curves(self) -> pl.DataFrame:
         return pl.read_parquet(self.curves_path) if self.curves_path.is_file() else pl.DataFrame()
@@ -130,12 +143,20 @@ class ResultStore:
     def add(self, outcome: TrialOutcome) -> None:
         curve = pl.DataFrame(outcome.curve_rows()) if outcome.curve else None
         self._replace(self.curves_path, self.curves(), outcome.key, curve)
-        self._replace(self.results_path, self.results(), outcome.key, pl.DataFrame([outcome.row()]))
+        self._replace(self.results_path, self.rows(), outcome.key, pl.DataFrame([outcome.row()]))
+
+    def set_ensembles(self, rows: list[dict[str, Any]]) -> None:
+        """Replace every ensemble row by `rows`, each keyed by its own trial_id (`ens-...`)."""
+        new = pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("trial_id").alias(KEY)) if rows else None
+        self._write(self.results_path, [self.results(), new])
 
     def _replace(self, path: Path, old: pl.DataFrame, key: str, new: pl.DataFrame | None) -> None:
         if old.height:
             old = old.filter(pl.col(KEY) != key)
-        frames = [f for f in (old, new) if f is not None and f.height]
+        self._write(path, [old, new])
+
+    def _write(self, path: Path, frames: list[pl.DataFrame | None]) -> None:
+        frames = [f for f in frames if f is not None and f.height]
         if not frames:
             return
         # Metrics differ between methods and statuses: missing columns become nulls.

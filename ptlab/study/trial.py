@@ -7,6 +7,7 @@ trial owns a folder `trials/<key>/` (key = Tune's trial id) in the study:
   checkpoint.pt   the recipe's last resumable state (atomic replace)
   record.json     the finished TrialRecord, written once the recipe returns
   log.txt         the recipe's log lines
+  artifacts/      files the recipe keeps beyond its record (test logits for seed ensembles)
 
 The files, not Ray's memory, are what results are built from, so a driver
 killed at any moment loses nothing a trial finished: a restarted trial finds
@@ -65,6 +66,10 @@ class TrialFiles:
     @property
     def log(self) -> Path:
         return self.folder / "log.txt"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.folder / "artifacts"
 
     @property
     def attempts_file(self) -> Path:
@@ -187,6 +192,7 @@ def execute(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan, send: Callable
         save_checkpoint=(lambda epoch, state: files.save_checkpoint(state)) if writer else None,
         resume_state=files.load_checkpoint(),
         log=log,
+        artifacts_dir=files.artifacts if writer else None,
     )
     record = asdict(run_trial(cfg, ctx))
     if writer:

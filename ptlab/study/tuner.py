@@ -4,7 +4,8 @@ A grid study is a Tune grid search over fully resolved trial configs with no
 scheduler. A search study is Optuna (seeded TPE, journal storage in the study
 folder) with ASHA on the trial's own `epoch`. Every trial's end is turned into
 one results row as it happens (`Recorder`), and once more for every trial when
-the run ends, so rows lost to a killed driver are recovered on resume.
+the run ends, so rows lost to a killed driver are recovered on resume; then
+come the rows of the study's seed ensembles, computed afresh on every resume.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ptlab.methods.base import STATUS_FAILED, STATUS_PRUNED
 from ptlab.study.cluster import RayConnection
+from ptlab.study.ensembles import record_ensembles
 from ptlab.study.progress import Progress, write_driver
 from ptlab.study.spec import StudySpec
 from ptlab.study.store import ResultStore, TrialOutcome
@@ -303,4 +305,5 @@ def run_study(spec: StudySpec, study_dir: Path, connection: RayConnection, resum
     finished = grid.num_terminated + grid.num_errors == len(grid) >= spec.n_planned()
     if finished:
         record_all(spec, study_dir, grid)
+        record_ensembles(spec, trial_plan(spec, study_dir))
     return finished
