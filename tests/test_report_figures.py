@@ -119,3 +119,13 @@ def test_a_study_with_only_pruned_trials_draws_its_curves(tmp_path):
     study = load_study(folder)
     assert draw(dash.Curve(kind="curve"), study).note == "no trial has completed yet (only pruned ones)"
     assert draw(dash.LearningCurves(kind="learning_curves"), study).figure is not None
+
+
+def test_accuracy_bands_are_drawn_within_0_and_100_but_hover_keeps_the_interval(grid):
+    spread = pl.when(pl.col("seed") == 1).then(99.0).when(pl.col("seed") == 2).then(1.0).otherwise(50.0)
+    study = replace(grid, trials=grid.trials.with_columns(spread.alias("test_acc")))
+    item = draw(dash.Curve(kind="curve", y="test_acc", color="loss", facet="noise_type"), study)
+    band_edges = [v for t in item.figure.data if t.hoverinfo == "skip" for v in t.y if v is not None]
+    assert band_edges and min(band_edges) == 0.0 and max(band_edges) == 100.0
+    intervals = [ci for t in item.figure.data if t.mode == "lines+markers" for ci, _ in t.customdata if ci is not None]
+    assert max(intervals) > 100  # t-interval of 99, 1, 50 with 3 seeds: about 122

@@ -87,6 +87,11 @@ def _metric(name: str, study: StudyResults) -> str:
     return name
 
 
+def _is_percent(metric: str) -> bool:
+    """Accuracies and AUROCs are stored in percent, bounded to [0, 100]."""
+    return metric.endswith(("_acc", "auroc"))
+
+
 def _rest(study: StudyResults, *used: str | None) -> list[str]:
     return [k for k in study.keys if k not in used]
 
@@ -133,7 +138,11 @@ def _curve(spec: dash.Curve, study: StudyResults, cells: pl.DataFrame) -> go.Fig
             s = series.filter(pl.col(f"{y}_mean").is_not_null()).sort(x)
             xs, mean, ci = s[x].to_list(), s[f"{y}_mean"], s[f"{y}_ci95"]
             if spec.band and ci.null_count() < len(ci):
-                lower, upper = (mean - ci).to_list(), (mean + ci).to_list()
+                lower, upper = mean - ci, mean + ci
+                if _is_percent(y):
+                    # A 2-seed t interval can reach -50..200%; drawn whole it flattens every curve.
+                    lower, upper = lower.clip(0, 100), upper.clip(0, 100)
+                lower, upper = lower.to_list(), upper.to_list()
                 band = {
                     "mode": "lines",
                     "line": {"width": 0},
