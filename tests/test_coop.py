@@ -58,3 +58,14 @@ def test_resume_from_checkpoint_matches_uninterrupted(feature_cache, random_tiny
 def test_live_augmentation_runs(feature_cache, random_tiny_clip):
     record = run_trial(_cfg(random_tiny_clip, train=TrainConfig(epochs=1, views=0)), TrialContext(cache_dir=feature_cache))
     assert np.isfinite(record.metrics["train_loss"])
+
+
+def test_an_epoch_whose_loss_diverged_is_kept_but_neither_reported_nor_checkpointed():
+    from ptlab.methods.base import TrialContext
+
+    reported, saved, curves = [], [], []
+    ctx = TrialContext(report=lambda e, m: reported.append(e), save_checkpoint=lambda e, s: saved.append((e, s)))
+    assert ctx.close_epoch(curves, {"train_loss": 1.5}, 1, lambda: {"step": 1})
+    assert not ctx.close_epoch(curves, {"train_loss": float("nan")}, 2, lambda: {"step": 2})
+    assert [c["epoch"] for c in curves] == [1, 2]
+    assert reported == [1] and saved == [(1, {"step": 1})]

@@ -63,6 +63,23 @@ class TrialContext:
     def for_config(cls, cfg: TrialConfig, **kwargs) -> TrialContext:
         return cls(device=pick_device(cfg.device), **kwargs)
 
+    def close_epoch(self, curves: list[dict[str, float]], metrics: dict[str, float], epoch: int,
+                    state: Callable[[], dict[str, Any]], where: str = "") -> bool:
+        """Append an epoch's metrics, report them, checkpoint; False when the loss diverged and training must stop.
+
+        A diverged epoch stays in the curves (the record shows where it broke)
+        but is neither reported to a scheduler nor checkpointed for a retry.
+        """
+        metrics["epoch"] = epoch
+        curves.append(metrics)
+        if not math.isfinite(metrics["train_loss"]):
+            self.log(f"{where or f'epoch {epoch}'}: training loss is not finite; stopping this trial")
+            return False
+        self.report(epoch, metrics)
+        if self.save_checkpoint is not None:
+            self.save_checkpoint(epoch, state())
+        return True
+
 
 @dataclass
 class TrialRecord:

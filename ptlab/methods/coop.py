@@ -128,14 +128,8 @@ class TrainingLoop:
                 metrics["val_acc"] = 100 * accuracy(self.predict(s.val_features), s.val_labels)
             if self.grad_probe is not None:
                 metrics.update(self.grad_probe.measure(self.classifier, self.loss_fn, epoch, self.ctx.device))
-            metrics["epoch"] = epoch + 1
-            self.curves.append(metrics)
-            if not np.isfinite(metrics["train_loss"]):
-                self.ctx.log(f"epoch {epoch + 1}: loss is not finite; stopping this trial")
+            if not self.ctx.close_epoch(self.curves, metrics, epoch + 1, lambda done=epoch + 1: self._state(done)):
                 break
-            self.ctx.report(epoch + 1, metrics)
-            if self.ctx.save_checkpoint is not None:
-                self.ctx.save_checkpoint(epoch + 1, self._state(epoch + 1))
         return self.curves
 
     def finish(self, extra: dict | None = None) -> TrialRecord:

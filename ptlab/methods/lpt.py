@@ -37,7 +37,6 @@ import copy
 import fcntl
 import hashlib
 import json
-import math
 import os
 import tempfile
 import time
@@ -276,16 +275,14 @@ class PromptTrainer:
             if self.setup.val is not None and ((epoch + 1) % self.cfg.train.eval_every == 0 or last):
                 split, idx = self.setup.val
                 metrics["val_acc"] = 100 * accuracy(self.predict(split, idx, use_pool), split.labels[idx])
-            metrics["epoch"] = epoch_offset + epoch + 1
-            self.curves.append(metrics)
-            if not math.isfinite(metrics["train_loss"]):
-                self.ctx.log(f"stage {stage} epoch {epoch + 1}: loss is not finite; stopping this trial")
+
+            def state(done: int = epoch + 1) -> dict:
+                return copy.deepcopy({"stage": stage, "epoch": done, "model": self.model.trainable_state(),
+                                      "optimizer": optimizer.state_dict(), "curves": self.curves, **(extra_state or {})})
+
+            if not self.ctx.close_epoch(self.curves, metrics, epoch_offset + epoch + 1, state,
+                                        where=f"stage {stage} epoch {epoch + 1}"):
                 return False
-            self.ctx.report(metrics["epoch"], metrics)
-            if self.ctx.save_checkpoint is not None:
-                state = {"stage": stage, "epoch": epoch + 1, "model": self.model.trainable_state(),
-                         "optimizer": optimizer.state_dict(), "curves": self.curves, **(extra_state or {})}
-                self.ctx.save_checkpoint(metrics["epoch"], copy.deepcopy(state))
         return True
 
     def test_metrics(self, use_pool: bool, prefix: str = "") -> tuple[dict[str, float], np.ndarray]:

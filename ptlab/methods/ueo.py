@@ -309,14 +309,8 @@ class UeoTrainer:
             metrics = {"train_loss": float(np.mean(losses)), "lr": self.optimizer.param_groups[0]["lr"]}
             if (epoch + 1) % train.eval_every == 0 or epoch + 1 == train.epochs:
                 metrics.update(self.evaluate())
-            metrics["epoch"] = epoch + 1
-            self.curves.append(metrics)
-            if not math.isfinite(metrics["train_loss"]):
-                self.ctx.log(f"epoch {epoch + 1}: objective is not finite; stopping this trial")
+            if not self.ctx.close_epoch(self.curves, metrics, epoch + 1, lambda done=epoch + 1: self._state(done)):
                 break
-            self.ctx.report(epoch + 1, metrics)
-            if self.ctx.save_checkpoint is not None:
-                self.ctx.save_checkpoint(epoch + 1, self._state(epoch + 1))
 
     def _state(self, epoch: int) -> dict:
         # Deep copy: the live tensors and lists keep changing after this call returns.

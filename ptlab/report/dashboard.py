@@ -43,24 +43,23 @@ class Curve(_Figure):
     band: bool = True
 
 
-class Surface(_Figure):
+class _OverTwoFactors(_Figure):
+    x: Columns = "noise_rate"
+    y: Columns
+    z: str = "test_acc"
+    facet: Columns | None = None
+
+
+class Surface(_OverTwoFactors):
     """A metric over two numeric factors; one 3D surface per value of ``facet``."""
 
     kind: Literal["surface"]
-    x: Columns = "noise_rate"
-    y: Columns
-    z: str = "test_acc"
-    facet: Columns | None = None
 
 
-class Heatmap(_Figure):
+class Heatmap(_OverTwoFactors):
     """A metric over two factors of any type, mean ± CI written in each cell."""
 
     kind: Literal["heatmap"]
-    x: Columns = "noise_rate"
-    y: Columns
-    z: str = "test_acc"
-    facet: Columns | None = None
 
 
 class Bars(_Figure):
