@@ -135,7 +135,7 @@ class TrialPlan:
     workers: int
     # Send every epoch's metrics to Ray, for a searcher or scheduler to act on. A Ray Train
     # report waits for the controller's next poll, so grids, where nothing listens, send
-    # only the final result; every epoch is in curve.jsonl either way.
+    # none; every epoch is in curve.jsonl either way.
     stream_epochs: bool
 
     @property
@@ -160,10 +160,11 @@ def final_result(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def execute(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan, send: Callable[[dict], None], writer: bool) -> None:
-    """Run the recipe once; `send` forwards each epoch's metrics and the final result to Ray.
+    """Run the recipe once; `send` forwards each epoch's metrics to Ray when the plan streams them.
 
     Only the writer (rank 0) touches the trial's files; every rank sends,
-    because Ray Train's report is a collective call.
+    because Ray Train's report is a collective call. The final result is
+    sent by `run_trial_fn` from the record, for both runners.
     """
     import torch
 
@@ -197,7 +198,6 @@ def execute(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan, send: Callable
     record = asdict(run_trial(cfg, ctx))
     if writer:
         files.write_record(record)
-    send(final_result(record))
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
@@ -209,15 +209,39 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     execute(cfg, plan.files(loop_config["key"]), plan, ray.train.report, writer=rank == 0)
 
 
+def _train_job(plan: TrialPlan, **options):
+    """Ray Train's trainer for a trial's job, without the parts a ptlab trial never uses.
+
+    One worker needs no torch process group, and the plain trainer keeps torch
+    out of the controller, which imports whatever backend config it is handed.
+    Ray Train also starts a DatasetManager actor for every run, with datasets
+    or without; ptlab passes none, and that actor's import of ray.data
+    (seconds of CPU) competes with the worker's start-up.
+    """
+    if plan.workers > 1:
+        from ray.train.torch import TorchConfig
+        from ray.train.torch import TorchTrainer as base
+
+        options["torch_config"] = TorchConfig(backend="nccl" if plan.gpu > 0 else "gloo")
+    else:
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer as base
+
+    class Trainer(base):
+        def _create_default_callbacks(self):
+            # matched by name: a Ray version without this callback keeps every callback
+            return [cb for cb in super()._create_default_callbacks() if type(cb).__name__ != "DatasetsCallback"]
+
+    return Trainer(**options)
+
+
 def _run_train_job(cfg: TrialConfig, key: str, plan: TrialPlan) -> None:
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trainer = TorchTrainer(
-        _train_worker,
+    trainer = _train_job(
+        plan,
+        train_loop_per_worker=_train_worker,
         train_loop_config={"plan": asdict(plan), "trial": cfg.canonical(), "key": key},
-        torch_config=TorchConfig(backend="nccl" if plan.gpu > 0 else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.workers,
             use_gpu=plan.gpu > 0,
@@ -226,7 +250,9 @@ def _run_train_job(cfg: TrialConfig, key: str, plan: TrialPlan) -> None:
         run_config=ray.train.RunConfig(
             name="train",
             storage_path=str(plan.files(key).folder),
-            callbacks=[TuneReportCallback()],
+            # The callback relays epochs to Tune through a queue actor of its own; grids
+            # stream none, so they spare that process (`run_trial_fn` sends the final result).
+            callbacks=[TuneReportCallback()] if plan.stream_epochs else [],
             # Tune retries the whole trial (FailureConfig of the study); Train must not retry inside it.
             failure_config=ray.train.FailureConfig(max_failures=0),
         ),
@@ -256,3 +282,4 @@ def run_trial_fn(config: dict[str, Any], plan: TrialPlan) -> None:
     record = files.read_record()
     record["timings"].update(wall_s=round(time.perf_counter() - started, 3), attempts=attempts, finished_at=time.time())
     files.write_record(record)
+    tune.report(final_result(record))

@@ -230,6 +230,10 @@ def _trainable(plan: TrialPlan):
 def build_tuner(spec: StudySpec, study_dir: Path, connection: RayConnection):
     plan = trial_plan(spec, study_dir)
     slots = trial_slots(spec, connection)
+    # A new trial reuses the process of one that ended: Ray start-up and imports are paid
+    # once per slot, not once per trial. Not where ASHA stops trials: a stopped trial's
+    # recipe (or Train job) runs on in its process until Tune gives up on reusing it.
+    reuse_actors = not (spec.search and spec.search.asha)
     if spec.search:
         tune_config = tune.TuneConfig(
             search_alg=_searcher(spec, study_dir),
@@ -238,6 +242,7 @@ def build_tuner(spec: StudySpec, study_dir: Path, connection: RayConnection):
             max_concurrent_trials=slots,
             trial_name_creator=_trial_dirname,
             trial_dirname_creator=_trial_dirname,
+            reuse_actors=reuse_actors,
         )
         param_space: dict[str, Any] = {}
     else:
@@ -245,6 +250,7 @@ def build_tuner(spec: StudySpec, study_dir: Path, connection: RayConnection):
             max_concurrent_trials=slots,
             trial_name_creator=_trial_dirname,
             trial_dirname_creator=_trial_dirname,
+            reuse_actors=reuse_actors,
         )
         param_space = {"trial": tune.grid_search([t.config.canonical() for t in spec.trials()])}
     run_config = tune.RunConfig(
