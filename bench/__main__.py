@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -31,12 +32,17 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         start = time.perf_counter()
-        result = case()
-        result["case"] = name
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        rows.append(result)
-        print(f"{name:<28} {result['value']:>10} {result['unit']:<10} target {result['target']:<12} "
-              f"{'PASS' if result['met'] else 'MISS'}  {result.get('note', '')}", flush=True)
+        # Other jobs may share the cores: every figure carries the load it was measured under.
+        load_before = os.getloadavg()[0]
+        results = case()
+        seconds = round(time.perf_counter() - start, 1)
+        load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        for result in results if isinstance(results, list) else [results]:
+            figure = result.pop("figure", None)
+            result.update(case=f"{name}.{figure}" if figure else name, seconds=seconds, load_avg_1min=load)
+            rows.append(result)
+            print(f"{result['case']:<34} {result['value']:>10} {result['unit']:<10} target {result['target']:<12} "
+                  f"{'PASS' if result['met'] else 'MISS'}  {result.get('note', '')}", flush=True)
     previous = json.loads(OUT.read_text()) if OUT.exists() else {"cases": {}}
     previous["cases"].update({r["case"]: r for r in rows})
     previous["machine"] = {"cpu_threads": args.threads, "platform": platform.platform(), "torch": torch.__version__}
