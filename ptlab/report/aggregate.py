@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from ptlab.config import TrialConfig
-from ptlab.study.store import ENSEMBLE_SIZE
+from ptlab.study.store import ENSEMBLE_SIZE, is_ensemble
 
 COMPLETED = "completed"
 PRUNED = "pruned"
@@ -129,7 +129,7 @@ def load_study(folder: str | Path) -> StudyResults:
     if not rows.is_empty():
         # A retried trial is appended again; its latest row is the one that counts.
         rows = spread_method_options(rows.unique(subset="trial_id", keep="last", maintain_order=True))
-    ensemble = pl.col(ENSEMBLE_SIZE).is_not_null() if ENSEMBLE_SIZE in rows.columns else pl.lit(False)
+    ensemble = is_ensemble(rows)
     curves_path = folder / "curves.parquet"
     curves = pl.read_parquet(curves_path) if curves_path.is_file() else pl.DataFrame()
     factors = list((spec.get("factors") or {}).keys())

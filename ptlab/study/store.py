@@ -40,6 +40,11 @@ PROVENANCE_COLUMNS = {
 }
 
 
+def is_ensemble(rows: pl.DataFrame) -> pl.Expr:
+    """Which rows of a results table are seed ensembles: only they carry an ensemble_size."""
+    return pl.col(ENSEMBLE_SIZE).is_not_null() if ENSEMBLE_SIZE in rows.columns else pl.lit(False)
+
+
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Dotted columns (`train.lr`); open mappings and lists become JSON strings so every column is a scalar."""
     out: dict[str, Any] = {}
@@ -131,7 +136,7 @@ class ResultStore:
     def results(self) -> pl.DataFrame:
         """One row per trial."""
         rows = self.rows()
-        return rows.filter(pl.col(ENSEMBLE_SIZE).is_null()) if ENSEMBLE_SIZE in rows.columns else rows
+        return rows.filter(~is_ensemble(rows))
 
     def curves(self) -> pl.DataFrame:
         return pl.read_parquet(self.curves_path) if self.curves_path.is_file() else pl.DataFrame()
@@ -147,8 +152,11 @@ class ResultStore:
 
     def set_ensembles(self, rows: list[dict[str, Any]]) -> None:
         """Replace every ensemble row by `rows`, each keyed by its own trial_id (`ens-...`)."""
+        stored = self.rows()
+        if not rows and not stored.filter(is_ensemble(stored)).height:
+            return  # nothing to replace: a study without ensembles keeps its file as the trials left it
         new = pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("trial_id").alias(KEY)) if rows else None
-        self._write(self.results_path, [self.results(), new])
+        self._write(self.results_path, [stored.filter(~is_ensemble(stored)), new])
 
     def _replace(self, path: Path, old: pl.DataFrame, key: str, new: pl.DataFrame | None) -> None:
         if old.height:
