@@ -72,7 +72,6 @@ def world_pretrain(
     """Pretrain a tiny CLIP on world captions, save it in open_clip's local-dir layout, write its model card."""
     from dataclasses import replace
 
-    from ptlab.world.card import write_card, zero_shot_table
     from ptlab.world.pretrain import MODEL_CFGS, SHIPPED_RECIPES, pretrain, save
 
     if backbone not in MODEL_CFGS:
@@ -86,13 +85,37 @@ def world_pretrain(
     folder = save(model, backbone, record, out)
     typer.echo(f"saved {folder}")
     if not skip_card:
-        import tempfile
+        _measure_card(backbone, record, out)
 
-        with tempfile.TemporaryDirectory() as tmp:
-            source = f"local-dir:{folder}" if out else f"world:{backbone}"
-            table = zero_shot_table(source, Path(tmp))
-        card = write_card(backbone, record, table, folder)
-        typer.echo(f"model card {card}: {json.dumps(table)}")
+
+def _measure_card(backbone: str, record: dict, folder: Path | None) -> None:
+    import tempfile
+
+    from ptlab.world.card import headroom_cases, measure, write_card
+
+    with tempfile.TemporaryDirectory() as tmp:
+        measured = measure(f"local-dir:{folder}" if folder else f"world:{backbone}", Path(tmp))
+    path = write_card(backbone, record, measured, folder)
+    typer.echo(f"model card {path}: {json.dumps(measured['zero_shot_test_acc'])}")
+    for key, row in measured["prompt_tuning"].items():
+        typer.echo(f"  {key}: zero-shot {row['zero_shot']:.1f}, 16-shot CoOp {row['coop_mean']:.1f} ({row['gain']:+.1f})")
+    typer.echo(f"  headroom (zero-shot <= 50, gain >= 15): {', '.join(headroom_cases(measured)) or 'none'}")
+
+
+@world_app.command("card")
+def world_card(
+    backbone: str = typer.Option("tiny-rn", help="tiny-rn or tiny-vit."),
+    folder: Path = typer.Option(None, "--dir", help="Weights folder (default: the shipped weights)."),
+):
+    """Measure a tiny CLIP's model card again (zero-shot table, prompt-tuning headroom), keeping its training record."""
+    from ptlab.world.card import read_card
+
+    try:
+        card = read_card(backbone, folder)
+    except (OSError, ValueError) as err:
+        _fail(f"no readable model card for {backbone} in {folder or 'the package'}: {err}; run `ptlab world pretrain` first")
+    record = {k: v for k, v in card.items() if k not in ("backbone", "zero_shot_test_acc", "prompt_tuning", "weights_bytes")}
+    _measure_card(backbone, record, folder)
 
 
 @world_app.command("show")

@@ -2,8 +2,20 @@
 
 import pytest
 
+from ptlab.methods import run_trial
+from ptlab.methods.base import TrialContext
 from ptlab.models.backbone import WORLD_ASSETS, WORLD_BACKBONES
-from ptlab.world.card import read_card, zero_shot_table
+from ptlab.world.card import (
+    HEADROOM,
+    PROMPT_TUNING_CASES,
+    PROMPT_TUNING_SEEDS,
+    card_key,
+    coop_trial_config,
+    headroom_cases,
+    prompt_tuning_table,
+    read_card,
+    zero_shot_table,
+)
 
 # The card's bar for every shipped backbone (single template, test split).
 QUALITY_BAR = {"colors": 95.0, "shapes": 60.0, "color-shapes": 40.0}
@@ -19,8 +31,12 @@ def card(request):
 def test_card_records_the_run(card):
     name, data = card
     assert data["backbone"] == f"world:{name}"
-    for key in ("config", "model_cfg", "wall_time_s", "zero_shot_test_acc", "weights_bytes"):
+    for key in ("config", "model_cfg", "wall_time_s", "zero_shot_test_acc", "weights_bytes", "prompt_tuning"):
         assert key in data, key
+    assert sorted(data["prompt_tuning"]) == sorted(card_key(t, d) for t, d in PROMPT_TUNING_CASES)
+    for key, row in data["prompt_tuning"].items():
+        assert row["zero_shot"] == data["zero_shot_test_acc"][key]
+        assert list(row["coop_16_shot"]) == [str(s) for s in PROMPT_TUNING_SEEDS]
 
 
 def test_shipped_weights_reproduce_card(card, feature_cache):
@@ -41,3 +57,35 @@ def test_quality_bar(card, task, request):
     if (name, task) in BELOW_BAR:
         request.applymarker(pytest.mark.xfail(strict=True, reason=BELOW_BAR[(name, task)]))
     assert data["zero_shot_test_acc"][task] >= QUALITY_BAR[task], (name, task)
+
+
+def test_card_prompt_tuning_reproduces(card, feature_cache):
+    """The case where CoOp gains most, rerun for the first seed."""
+    name, data = card
+    key, row = max(data["prompt_tuning"].items(), key=lambda kv: kv[1]["gain"])
+    task, _, domain = key.partition("@")
+    seed = PROMPT_TUNING_SEEDS[0]
+    record = run_trial(coop_trial_config(f"world:{name}", task, domain or "photo", seed), TrialContext(cache_dir=feature_cache))
+    assert abs(record.metrics["test_acc"] - row["coop_16_shot"][str(seed)]) <= 1.0, (key, record.metrics["test_acc"], row)
+
+
+# world.md asks for a task or style where zero-shot is <= 50% and 16-shot prompt
+# tuning gains >= 15 points. Not reached (best: shapes@pixel on tiny-rn, 40.8 ->
+# 47.9; sizes@outline 70.0 -> 82); strict, so reaching it fails here until removed.
+@pytest.mark.xfail(strict=True, reason="no shipped backbone offers the headroom bar yet (see model cards)")
+def test_world_offers_prompt_tuning_headroom():
+    cards = {name: read_card(name) for name in WORLD_BACKBONES}
+    assert any(headroom_cases(c) for c in cards.values()), HEADROOM
+
+
+def test_prompt_tuning_table_and_headroom_bar(feature_cache):
+    table = prompt_tuning_table("world:tiny-rn", feature_cache, {"shapes@pixel": 10.0}, cases=(("shapes", "pixel"),), seeds=(1,))
+    row = table["shapes@pixel"]
+    assert row["gain"] == pytest.approx(row["coop_16_shot"]["1"] - 10.0, abs=0.01)
+    rows = {
+        "weak and fixed": {"zero_shot": 50.0, "gain": 15.0},
+        "strong zero-shot": {"zero_shot": 50.5, "gain": 30.0},
+        "small gain": {"zero_shot": 20.0, "gain": 14.9},
+    }
+    assert headroom_cases({"prompt_tuning": rows}) == ["weak and fixed"]
+    assert headroom_cases({}) == []
