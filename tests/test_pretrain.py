@@ -34,3 +34,34 @@ def test_training_moves_loss_down():
 
 def test_world_backbones_are_registered():
     assert set(WORLD_BACKBONES) == {"tiny-vit", "tiny-rn"}
+
+
+def test_world_card_remeasures_and_keeps_the_training_record(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    import ptlab.world.card as card
+    from ptlab.cli import app
+
+    folder = tmp_path / "tiny-rn"
+    folder.mkdir()
+    record = {"config": {"steps": 20}, "wall_time_s": 1.5}
+    card.write_card("tiny-rn", record, {"zero_shot_test_acc": {"shapes": 1.0}}, folder)
+    measured = {
+        "zero_shot_test_acc": {"shapes@pixel": 40.0},
+        "prompt_tuning": {"shapes@pixel": {"zero_shot": 40.0, "coop_16_shot": {"1": 56.0}, "coop_mean": 56.0, "gain": 16.0}},
+    }
+    sources = []
+    monkeypatch.setattr(card, "measure", lambda source, cache: sources.append(source) or measured)
+    result = CliRunner().invoke(app, ["world", "card", "--backbone", "tiny-rn", "--dir", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert sources == [f"local-dir:{folder}"]
+    assert "headroom (zero-shot <= 50, gain >= 15): shapes@pixel" in result.output
+    written = json.loads((folder / "model_card.json").read_text())
+    assert written["config"] == record["config"] and written["wall_time_s"] == 1.5
+    assert written["zero_shot_test_acc"] == measured["zero_shot_test_acc"]
+    assert written["prompt_tuning"] == measured["prompt_tuning"]
+
+    missing = CliRunner().invoke(app, ["world", "card", "--dir", str(tmp_path / "nowhere")])
+    assert missing.exit_code != 0 and "nowhere" in missing.output and "ptlab world pretrain" in missing.output
