@@ -91,7 +91,7 @@ def world_pretrain(
 def _measure_card(backbone: str, record: dict, folder: Path | None) -> None:
     import tempfile
 
-    from ptlab.world.card import headroom_cases, measure, write_card
+    from ptlab.world.card import HEADROOM, headroom_cases, measure, write_card
 
     with tempfile.TemporaryDirectory() as tmp:
         measured = measure(f"local-dir:{folder}" if folder else f"world:{backbone}", Path(tmp))
@@ -99,7 +99,8 @@ def _measure_card(backbone: str, record: dict, folder: Path | None) -> None:
     typer.echo(f"model card {path}: {json.dumps(measured['zero_shot_test_acc'])}")
     for key, row in measured["prompt_tuning"].items():
         typer.echo(f"  {key}: zero-shot {row['zero_shot']:.1f}, 16-shot CoOp {row['coop_mean']:.1f} ({row['gain']:+.1f})")
-    typer.echo(f"  headroom (zero-shot <= 50, gain >= 15): {', '.join(headroom_cases(measured)) or 'none'}")
+    bar = f"zero-shot <= {HEADROOM['max_zero_shot']:g}, gain >= {HEADROOM['min_gain']:g}"
+    typer.echo(f"  headroom ({bar}): {', '.join(headroom_cases(measured)) or 'none'}")
 
 
 @world_app.command("card")

@@ -58,13 +58,12 @@ def prompt_tuning_table(
     table = {}
     for task, domain in cases:
         key = card_key(task, domain)
-        accs = [
-            round(run_trial(coop_trial_config(backbone, task, domain, s), TrialContext(cache_dir=cache_dir)).metrics["test_acc"], 2)
-            for s in seeds
-        ]
-        mean = round(sum(accs) / len(accs), 2)
-        table[key] = {"zero_shot": zero_shot[key], "coop_16_shot": dict(zip(map(str, seeds), accs, strict=True)), "coop_mean": mean,
-                      "gain": round(mean - zero_shot[key], 2)}
+        accs = {}
+        for seed in seeds:
+            record = run_trial(coop_trial_config(backbone, task, domain, seed), TrialContext(cache_dir=cache_dir))
+            accs[str(seed)] = round(record.metrics["test_acc"], 2)
+        mean = round(sum(accs.values()) / len(accs), 2)
+        table[key] = {"zero_shot": zero_shot[key], "coop_16_shot": accs, "coop_mean": mean, "gain": round(mean - zero_shot[key], 2)}
     return table
 
 
