@@ -48,7 +48,7 @@ def test_shipped_weights_reproduce_card(card, feature_cache):
 
 
 # Shortfalls of the shipped weights, kept visible: strict, so meeting the bar later fails here until removed.
-BELOW_BAR = {("tiny-vit", "shapes"): "2000 steps of the 4-layer ViT reach 42% zero-shot on shapes (see model card)"}
+BELOW_BAR = {("tiny-vit", "shapes"): "4500 steps of the 4-layer patch-8 ViT reach 55.8% zero-shot on shapes (see model card)"}
 
 
 @pytest.mark.parametrize("task", sorted(QUALITY_BAR))

@@ -33,9 +33,22 @@ from ptlab.world.tasks import ATTRIBUTE_VALUES, PRETRAIN_SEED_BASE
 
 TEXT_CFG = {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 4}
 MODEL_CFGS = {
+    # Patch 8 with fixed 2-D sin-cos positions and average pooling: at 4x fewer
+    # tokens than patch 4 it affords 2x the steps in less time, and the fixed
+    # positions let it learn shape sooner (shapes 55.8% zero-shot after 4500
+    # steps, where patch 4 with learned positions and a class token reached 42.4%
+    # after 2000 and patch 8 with them 41.2% after 3000).
     "tiny-vit": {
         "embed_dim": 128,
-        "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "patch_size": 4, "head_width": 64},
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 4,
+            "width": 128,
+            "patch_size": 8,
+            "head_width": 64,
+            "pos_embed_type": "sin_cos_2d",
+            "pool_type": "avg",
+        },
         "text_cfg": TEXT_CFG,
     },
     "tiny-rn": {
@@ -59,10 +72,11 @@ class PretrainConfig:
     threads: int = 2
 
 
-# The recipes that produced the shipped weights (one thread each, run side by side).
+# The recipes that produced the shipped weights; the thread count is part of
+# each (CPU float reductions depend on it).
 SHIPPED_RECIPES = {
     "tiny-rn": PretrainConfig(backbone="tiny-rn", steps=2000, threads=1),
-    "tiny-vit": PretrainConfig(backbone="tiny-vit", steps=2000, threads=1),
+    "tiny-vit": PretrainConfig(backbone="tiny-vit", steps=4500, threads=2),
 }
 
 
