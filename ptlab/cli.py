@@ -109,14 +109,13 @@ def world_card(
     folder: Path = typer.Option(None, "--dir", help="Weights folder (default: the shipped weights)."),
 ):
     """Measure a tiny CLIP's model card again (zero-shot table, prompt-tuning headroom), keeping its training record."""
-    from ptlab.world.card import read_card
+    from ptlab.world.card import read_card, training_record
 
     try:
         card = read_card(backbone, folder)
     except (OSError, ValueError) as err:
         _fail(f"no readable model card for {backbone} in {folder or 'the package'}: {err}; run `ptlab world pretrain` first")
-    record = {k: v for k, v in card.items() if k not in ("backbone", "zero_shot_test_acc", "prompt_tuning", "weights_bytes")}
-    _measure_card(backbone, record, folder)
+    _measure_card(backbone, training_record(card), folder)
 
 
 @world_app.command("show")

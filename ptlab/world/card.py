@@ -76,8 +76,9 @@ def headroom_cases(card: dict) -> list[str]:
     ]
 
 
-def card_path(backbone: str) -> Path:
-    return WORLD_ASSETS / backbone / "model_card.json"
+def card_path(backbone: str, folder: Path | None = None) -> Path:
+    """The card beside a backbone's weights: in `folder`, or the shipped one."""
+    return (folder or WORLD_ASSETS / backbone) / "model_card.json"
 
 
 def measure(source: str, cache_dir: Path) -> dict:
@@ -87,7 +88,7 @@ def measure(source: str, cache_dir: Path) -> dict:
 
 
 def write_card(backbone: str, record: dict, measured: dict, folder: Path | None = None) -> Path:
-    path = (folder / "model_card.json") if folder else card_path(backbone)
+    path = card_path(backbone, folder)
     weights = path.parent / "open_clip_model.safetensors"
     card = {
         "backbone": f"world:{backbone}",
@@ -100,4 +101,9 @@ def write_card(backbone: str, record: dict, measured: dict, folder: Path | None 
 
 
 def read_card(backbone: str, folder: Path | None = None) -> dict:
-    return json.loads(((folder / "model_card.json") if folder else card_path(backbone)).read_text())
+    return json.loads(card_path(backbone, folder).read_text())
+
+
+def training_record(card: dict) -> dict:
+    """A card less what `write_card` measures or derives: the record of the run that made the weights."""
+    return {k: v for k, v in card.items() if k not in ("backbone", "zero_shot_test_acc", "prompt_tuning", "weights_bytes")}
