@@ -201,42 +201,43 @@ def halves(labels):
 class_sizes = st.lists(st.integers(1, 40), min_size=3, max_size=6)
 
 
+def assert_ptnl_structure(result, labels):
+    """Sorted, each image once, true labels kept; wrong images from second halves, correct ones from first."""
+    first = halves(labels)
+    assert np.all(np.diff(result.indices) > 0)
+    assert np.array_equal(result.true_labels, labels[result.indices])
+    assert not first[result.indices[result.is_noisy]].any()
+    assert first[result.indices[~result.is_noisy]].all()
+
+
 @settings(deadline=None, max_examples=50)
 @given(sizes=class_sizes, shots=st.integers(0, 8), rate=st.sampled_from([0.0, 0.125, 0.25, 0.5]), seed=seeds, mix=seeds)
 def test_ptnl_distinct_counts_follow_the_rate_and_wrong_images_come_from_other_second_halves(sizes, shots, rate, seed, mix):
     labels = np.random.default_rng(mix).permutation(np.repeat(np.arange(len(sizes)), sizes))
-    first = halves(labels)
     try:
         result = ptnl_noise(labels, shots, rate, seed, distinct=True)
     except ValueError as err:
         assert "unused second-half images" in str(err)
         return
-    assert np.all(np.diff(result.indices) > 0)  # sorted, no image twice
-    assert np.array_equal(result.true_labels, labels[result.indices])
+    assert_ptnl_structure(result, labels)
     for c in range(len(sizes)):
         given_c = result.labels == c
         first_half_size = math.ceil(sizes[c] / 2)
         k = first_half_size if shots == 0 else min(shots, first_half_size)
         assert given_c.sum() == k
         assert result.is_noisy[given_c].sum() == wrong_count(rate, k)
-    wrong = result.indices[result.is_noisy]
-    clean = result.indices[~result.is_noisy]
-    assert not first[wrong].any()
-    assert first[clean].all()
 
 
 @settings(deadline=None, max_examples=50)
 @given(sizes=class_sizes, shots=st.integers(1, 8), rate=st.sampled_from([0.0, 0.125, 0.25, 0.5]), seed=seeds, mix=seeds)
 def test_ptnl_release_fixes_the_wrong_count_at_k(sizes, shots, rate, seed, mix):
     labels = np.random.default_rng(mix).permutation(np.repeat(np.arange(len(sizes)), sizes))
-    first = halves(labels)
     try:
         result = ptnl_noise(labels, shots, rate, seed)
     except ValueError as err:
         assert "no unused second-half image" in str(err)
         return
-    assert np.all(np.diff(result.indices) > 0)  # sorted, no image twice
-    assert np.array_equal(result.true_labels, labels[result.indices])
+    assert_ptnl_structure(result, labels)
     for c in range(len(sizes)):
         given_c = result.labels == c
         n_wrong, n_right = result.is_noisy[given_c].sum(), (~result.is_noisy[given_c]).sum()
@@ -247,8 +248,6 @@ def test_ptnl_release_fixes_the_wrong_count_at_k(sizes, shots, rate, seed, mix):
             assert n_right == shots - wrong_count(rate, shots)
         else:
             assert 1 <= n_right <= min(half, shots - wrong_count(rate, shots)) or wrong_count(rate, shots) == shots
-    assert not first[result.indices[result.is_noisy]].any()
-    assert first[result.indices[~result.is_noisy]].all()
 
 
 def test_ptnl_release_gives_exactly_k_labelled_per_class_when_halves_are_long():
