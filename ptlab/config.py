@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ptlab.yamlfile import read_mapping
 
-NoiseType = Literal["none", "symmetric", "pair", "confusion", "ptnl"]
+NoiseType = Literal["none", "symmetric", "pair", "confusion", "ptnl", "ptnl_distinct"]
 LossName = Literal["ce", "gce", "mae", "sce", "nce_rce"]
 
 
@@ -95,7 +95,7 @@ class TrialConfig(Frozen):
     @model_validator(mode="after")
     def _noise_needs_type(self) -> TrialConfig:
         if self.noise_rate > 0 and self.noise_type == "none":
-            raise ValueError("noise_rate > 0 needs a noise_type (symmetric, pair, confusion or ptnl)")
+            raise ValueError("noise_rate > 0 needs a noise_type (symmetric, pair, confusion, ptnl or ptnl_distinct)")
         return self
 
     def __hash__(self) -> int:

@@ -13,7 +13,10 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor | list
 
 MANY_SHOT_ABOVE = 100  # a class with more than 100 training images is many-shot
-FEW_SHOT_BELOW = 20  # fewer than 20 is few-shot; 20 to 100 inclusive is medium
+# 20 or fewer is few-shot, 21 to 100 medium: LPT's released logging, which the
+# published per-group numbers come from. Decoupling's masks (and LPT's own
+# group masks) count 20 as medium: few_at_most=19.
+FEW_SHOT_AT_MOST = 20
 SHOT_GROUPS = ("many", "medium", "few")
 
 
@@ -99,13 +102,15 @@ def auroc(scores: ArrayLike, positives: ArrayLike) -> float:
     return float((positive_rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def shot_groups(train_class_counts: ArrayLike) -> np.ndarray:
-    """'many' (> 100 training images), 'medium' (20 to 100 inclusive) or 'few' (< 20), per class."""
+def shot_groups(train_class_counts: ArrayLike, few_at_most: int = FEW_SHOT_AT_MOST) -> np.ndarray:
+    """'many' (> 100 training images), 'medium' or 'few' (<= few_at_most, default 20), per class."""
     counts = as_numpy(train_class_counts)
-    return np.where(counts > MANY_SHOT_ABOVE, "many", np.where(counts < FEW_SHOT_BELOW, "few", "medium"))
+    return np.where(counts > MANY_SHOT_ABOVE, "many", np.where(counts <= few_at_most, "few", "medium"))
 
 
-def shot_group_accuracy(predictions: ArrayLike, targets: ArrayLike, train_class_counts: ArrayLike) -> dict[str, float]:
+def shot_group_accuracy(
+    predictions: ArrayLike, targets: ArrayLike, train_class_counts: ArrayLike, few_at_most: int = FEW_SHOT_AT_MOST
+) -> dict[str, float]:
     """Accuracy on many-, medium- and few-shot classes (see `shot_groups`).
 
     Each group's accuracy is the mean of its classes' per-class accuracies
@@ -115,7 +120,7 @@ def shot_group_accuracy(predictions: ArrayLike, targets: ArrayLike, train_class_
     """
     counts = as_numpy(train_class_counts)
     per_class = per_class_accuracy(predictions, targets, len(counts))
-    groups = shot_groups(counts)
+    groups = shot_groups(counts, few_at_most)
     result = {}
     for group in SHOT_GROUPS:
         tested = per_class[(groups == group) & ~np.isnan(per_class)]

@@ -110,14 +110,16 @@ def test_instance_batches_cover_the_set_once():
 
 
 def test_shot_group_boundaries_and_percent_metrics():
-    assert shot_groups([101, 100, 20, 19]).tolist() == ["many", "medium", "medium", "few"]
+    assert shot_groups([101, 100, 20, 19]).tolist() == ["many", "medium", "few", "few"]
     counts = np.array([101, 100, 20, 19])
     labels = np.array([0, 0, 1, 2, 3, 3])
     pred = np.array([0, 1, 1, 0, 3, 0])
     metrics = shot_metrics(pred, labels, counts)
     assert metrics["many_acc"] == 50.0  # class 0: 1 of 2
-    assert metrics["medium_acc"] == 50.0  # mean of class 1 (100%) and class 2 (0%)
-    assert metrics["few_acc"] == 50.0
+    assert metrics["medium_acc"] == 100.0  # class 1
+    assert metrics["few_acc"] == 25.0  # mean of class 2 (0%, its 20 images make it few) and class 3 (50%)
+    decoupling = shot_metrics(pred, labels, counts, few_at_most=19)
+    assert decoupling["medium_acc"] == 50.0 and decoupling["few_acc"] == 50.0  # 20 is medium there
     assert metrics["test_acc"] == pytest.approx(100 * 3 / 6)
 
 

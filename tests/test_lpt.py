@@ -8,12 +8,13 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from torchvision.transforms import InterpolationMode
 
 from ptlab.config import TrialConfig
 from ptlab.losses import agcl_loss
 from ptlab.methods import run_trial
 from ptlab.methods.base import TrialContext
-from ptlab.methods.lpt import LPTOptions, stage1_key
+from ptlab.methods.lpt import LPTOptions, PixelFeed, PromptOptions, stage1_key
 from ptlab.models.backbone import BackboneError, load_backbone
 from ptlab.models.vpt import PromptedViT, PromptPool, TimmTower, load_vision_tower
 
@@ -223,3 +224,62 @@ def test_lpt_resumed_in_stage2_ends_as_the_uninterrupted_run(tiny_vit, tmp_path)
     assert resumed.curves == whole.curves
     assert resumed.metrics["test_acc"] == whole.metrics["test_acc"]
     assert resumed.metrics["stage1_test_acc"] == whole.metrics["stage1_test_acc"]
+
+
+class _Tower224:
+    """What the pixel feed reads of a tower: LPT's 224 input and its 0.5 / 0.5 normalisation."""
+
+    image_size, mean, std = 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def _reference_release_eval(image):
+    """LPT's evaluation view, written out with PIL: 256 x 256 bilinear (aspect not kept), centre 224."""
+    from PIL import Image
+
+    square = image.resize((256, 256), Image.BILINEAR)
+    array = np.asarray(square.crop((16, 16, 240, 240)), dtype=np.float32) / 255
+    return (torch.from_numpy(array).permute(2, 0, 1) - 0.5) / 0.5
+
+
+def test_release_transforms_resize_256_square_and_crop_224_bilinear():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    # a smooth 300 x 200 image: bilinear resampling differs from bicubic by far more than PIL from tensors
+    ramp = np.linspace(0, 1, 300)[None, :, None] * np.linspace(0, 1, 200)[:, None, None]
+    pixels = (255 * np.clip(ramp * rng.uniform(0.5, 1.0, (1, 1, 3)) + rng.normal(0, 0.08, (200, 300, 3)), 0, 1))
+    image = Image.fromarray(pixels.astype(np.uint8))
+    release = PixelFeed(_Tower224(), (0.08, 1.0), PromptOptions(), torch.device("cpu"))
+    clip = PixelFeed(_Tower224(), (0.08, 1.0), PromptOptions(transforms="clip"), torch.device("cpu"))
+    reference = _reference_release_eval(image)
+    out = release.eval_tf(image)
+    assert out.shape == (3, 224, 224)
+    assert (out - reference).abs().mean() < 0.01  # PIL and tensor bilinear agree to rounding
+    # ptlab's CLIP view keeps the aspect ratio (shorter side 224): another crop of the image altogether
+    assert (clip.eval_tf(image) - reference).abs().mean() > 0.05
+    train = release.train_tf.transforms[1]
+    assert train.interpolation == InterpolationMode.BILINEAR and train.size == (224, 224)
+    assert clip.train_tf.transforms[1].interpolation == InterpolationMode.BICUBIC
+
+
+def test_feature_dropout_drops_a_tenth_of_the_feature_in_training_only(tiny_vit):
+    tower = load_vision_tower(tiny_vit)
+    model = PromptedViT(tower, 4, 2, torch.Generator().manual_seed(0), feature_dropout=0.1)
+    features = torch.ones(64, 500)
+    model.train()
+    dropped = model.dropout(features, torch.Generator().manual_seed(1))
+    zero = (dropped == 0).float().mean()
+    assert 0.09 < float(zero) < 0.11
+    assert torch.allclose(dropped[dropped != 0], torch.full_like(dropped[dropped != 0], 1 / 0.9))
+    again = model.dropout(features, torch.Generator().manual_seed(1))
+    assert torch.equal(dropped, again)  # the mask is a function of the generator
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    trained, _ = model(pixels, dropout_generator=torch.Generator().manual_seed(3))
+    model.eval()
+    evaluated, _ = model(pixels)
+    assert not torch.allclose(trained, evaluated)
+    plain = PromptedViT(tower, 4, 2, torch.Generator().manual_seed(0))
+    plain.train()
+    assert torch.equal(plain(pixels)[0], evaluated)  # no dropout: the training forward is the evaluation one
+    release = PromptOptions()
+    assert (release.feature_dropout, release.transforms, release.few_at_most) == (0.1, "release", 20)

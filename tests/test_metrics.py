@@ -97,8 +97,11 @@ def test_auroc_rejects_one_sided_or_bad_scores():
         auroc([0.1, 0.2], [1, 0, 1])
 
 
-def test_shot_groups_put_20_and_100_in_medium():
-    assert shot_groups([101, 100, 50, 20, 19, 0]).tolist() == ["many", "medium", "medium", "medium", "few", "few"]
+def test_shot_groups_put_20_in_few_and_100_in_medium_as_lpts_released_logging():
+    # the release logs a class in (lo, hi]: few (0, 20], medium (20, 100], many (100, max]
+    assert shot_groups([101, 100, 50, 21, 20, 19, 0]).tolist() == ["many", "medium", "medium", "medium", "few", "few", "few"]
+    # Decoupling's masks, LPT's few_at_most: 19
+    assert shot_groups([21, 20, 19], few_at_most=19).tolist() == ["medium", "medium", "few"]
 
 
 def test_shot_group_accuracy_by_hand():

@@ -201,28 +201,91 @@ def halves(labels):
 class_sizes = st.lists(st.integers(1, 40), min_size=3, max_size=6)
 
 
+def assert_ptnl_structure(result, labels):
+    """Sorted, each image once, true labels kept; wrong images from second halves, correct ones from first."""
+    first = halves(labels)
+    assert np.all(np.diff(result.indices) > 0)
+    assert np.array_equal(result.true_labels, labels[result.indices])
+    assert not first[result.indices[result.is_noisy]].any()
+    assert first[result.indices[~result.is_noisy]].all()
+
+
 @settings(deadline=None, max_examples=50)
 @given(sizes=class_sizes, shots=st.integers(0, 8), rate=st.sampled_from([0.0, 0.125, 0.25, 0.5]), seed=seeds, mix=seeds)
-def test_ptnl_counts_are_exact_and_wrong_images_come_from_other_second_halves(sizes, shots, rate, seed, mix):
+def test_ptnl_distinct_counts_follow_the_rate_and_wrong_images_come_from_other_second_halves(sizes, shots, rate, seed, mix):
     labels = np.random.default_rng(mix).permutation(np.repeat(np.arange(len(sizes)), sizes))
-    first = halves(labels)
     try:
-        result = ptnl_noise(labels, shots, rate, seed)
+        result = ptnl_noise(labels, shots, rate, seed, distinct=True)
     except ValueError as err:
         assert "unused second-half images" in str(err)
         return
-    assert np.all(np.diff(result.indices) > 0)  # sorted, no image twice
-    assert np.array_equal(result.true_labels, labels[result.indices])
+    assert_ptnl_structure(result, labels)
     for c in range(len(sizes)):
         given_c = result.labels == c
         first_half_size = math.ceil(sizes[c] / 2)
         k = first_half_size if shots == 0 else min(shots, first_half_size)
         assert given_c.sum() == k
         assert result.is_noisy[given_c].sum() == wrong_count(rate, k)
-    wrong = result.indices[result.is_noisy]
-    clean = result.indices[~result.is_noisy]
-    assert not first[wrong].any()
-    assert first[clean].all()
+
+
+@settings(deadline=None, max_examples=50)
+@given(sizes=class_sizes, shots=st.integers(1, 8), rate=st.sampled_from([0.0, 0.125, 0.25, 0.5]), seed=seeds, mix=seeds)
+def test_ptnl_release_fixes_the_wrong_count_at_k(sizes, shots, rate, seed, mix):
+    labels = np.random.default_rng(mix).permutation(np.repeat(np.arange(len(sizes)), sizes))
+    try:
+        result = ptnl_noise(labels, shots, rate, seed)
+    except ValueError as err:
+        assert "no unused second-half image" in str(err)
+        return
+    assert_ptnl_structure(result, labels)
+    for c in range(len(sizes)):
+        given_c = result.labels == c
+        n_wrong, n_right = result.is_noisy[given_c].sum(), (~result.is_noisy[given_c]).sum()
+        # wrong images are drawn with replacement too: a repeat collapses, never more than r * K
+        assert 1 <= n_wrong <= wrong_count(rate, shots) or n_wrong == wrong_count(rate, shots) == 0
+        half = math.ceil(sizes[c] / 2)
+        if half >= shots:
+            assert n_right == shots - wrong_count(rate, shots)
+        else:
+            assert 1 <= n_right <= min(half, shots - wrong_count(rate, shots)) or wrong_count(rate, shots) == shots
+
+
+def test_ptnl_release_gives_exactly_k_labelled_per_class_when_halves_are_long():
+    # 10 classes of 400 images, K = 16 at 50%: 16 labelled c, 8 wrong, in every class (the issue's case)
+    labels = np.repeat(np.arange(10), 400)
+    for seed in range(5):
+        result = ptnl_noise(labels, 16, 0.5, seed)
+        counts = np.bincount(result.labels, minlength=10)
+        wrong = np.bincount(result.labels[result.is_noisy], minlength=10)
+        # a repeated wrong draw (8 draws from a pool of about 1800: 1.6% of classes) loses one wrong image
+        assert np.all(counts - wrong == 8)
+        assert np.all((wrong >= 7) & (wrong <= 8)) and np.mean(wrong == 8) >= 0.8
+
+
+def test_ptnl_short_half_release_keeps_the_wrong_count_and_repeats_correct_draws():
+    # class 0 has 18 images (a 9-image first half); classes 1-3 have 400, so wrong draws rarely repeat
+    labels = np.repeat(np.arange(4), [18, 400, 400, 400])
+    right, wrong = [], []
+    for seed in range(300):
+        release = ptnl_noise(labels, 16, 0.125, seed)
+        in_class = release.labels == 0
+        right.append(int((~release.is_noisy[in_class]).sum()))
+        wrong.append(int(release.is_noisy[in_class].sum()))
+    assert max(right) <= 9 and min(right) < 9  # 14 draws with replacement from 9 images
+    # expected distinct images among 14 uniform draws from 9: 9 * (1 - (8/9)^14) = 7.27
+    assert abs(np.mean(right) - 9 * (1 - (8 / 9) ** 14)) < 0.15
+    assert np.mean(np.array(wrong) == 2) > 0.98 and set(wrong) <= {1, 2}
+    distinct = ptnl_noise(labels, 16, 0.125, 0, distinct=True)
+    in_class = distinct.labels == 0
+    assert in_class.sum() == 9 and distinct.is_noisy[in_class].sum() == 1  # ptlab's variant: 9 labelled, 1 wrong
+
+
+def test_ptnl_kinds_are_routed_from_the_trial_config():
+    from ptlab.config import TrialConfig
+
+    assert TrialConfig(noise_type="ptnl_distinct", noise_rate=0.5).noise_type == "ptnl_distinct"
+    with pytest.raises(ValueError, match="ptnl_noise"):
+        add_label_noise(np.array([0, 1]), "ptnl_distinct", 0.5, 1, num_classes=2)
 
 
 def test_ptnl_replaces_shots_rather_than_adding_them():
@@ -263,6 +326,8 @@ def test_ptnl_zero_shots_takes_the_whole_first_half():
 def test_ptnl_rejects_a_set_without_enough_wrong_images():
     # class 1 has one image, all first half: class 0's wrong image has nowhere to come from
     with pytest.raises(ValueError, match="unused second-half images"):
+        ptnl_noise(np.array([0, 0, 1]), 1, 0.5, 1, distinct=True)
+    with pytest.raises(ValueError, match="no unused second-half image"):
         ptnl_noise(np.array([0, 0, 1]), 1, 0.5, 1)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         ptnl_noise(np.array([0, 1]), 1, 1.0, 1)

@@ -113,3 +113,54 @@ def test_shared_prefix_length_detection():
     emb[1, 4] = 1.0
     assert shared_prefix_length(emb, torch.tensor([5, 5, 5])) == 4
     assert shared_prefix_length(emb, torch.tensor([2, 5, 5])) == 2
+
+
+def coop_prompts(embedding: torch.Tensor, n_ctx: int, ctx: torch.Tensor, name_lens: list[int], position: str):
+    """CoOp's PromptLearner.forward, written from its description: slices of the sentence's token rows."""
+    prefix, suffix = embedding[:, :1], embedding[:, 1 + n_ctx :]
+    rows = []
+    for i, n_len in enumerate(name_lens):
+        name, rest = suffix[i : i + 1, :n_len], suffix[i : i + 1, n_len:]
+        ctx_i = ctx.unsqueeze(0)
+        parts = {"end": [ctx_i, suffix[i : i + 1]],
+                 "middle": [ctx_i[:, : n_ctx // 2], name, ctx_i[:, n_ctx // 2 :], rest],
+                 "front": [name, ctx_i, rest]}[position]
+        rows.append(torch.cat([prefix[i : i + 1], *parts], dim=1))
+    return torch.cat(rows)
+
+
+# StanfordCars-style names ending in punctuation: BPE merges ")" with the full stop into one token.
+PUNCTUATED = ["hummer (car)", "model t.", "sailing boat", "mr. x!"]
+
+
+@pytest.mark.parametrize("position", ["end", "middle", "front"])
+def test_punctuated_names_are_sliced_as_coop_slices_them(backbone, position):
+    n_ctx = 4
+    learner = PromptLearner(backbone, PUNCTUATED, PromptDesign(n_ctx=n_ctx, position=position),
+                            torch.Generator().manual_seed(0))
+    sentences = backbone.tokenize([" ".join(["X"] * n_ctx) + f" {c}." for c in PUNCTUATED])
+    name_lens = [int(eot_positions(backbone.tokenize([c]))[0]) - 1 for c in PUNCTUATED]
+    with torch.no_grad():
+        embedding = backbone.model.token_embedding(sentences)
+        expected = coop_prompts(embedding, n_ctx, learner.ctx, name_lens, position)
+        assert torch.equal(learner.prompt_embeddings(), expected)
+        # CoOp's text encoder reads the feature at the EOT of the unpermuted sentence
+        coop = encode_embeddings(backbone.model, expected, eot_positions(sentences), share_prefix=False)
+        assert (learner() - torch.nn.functional.normalize(coop.float(), dim=-1)).abs().max() <= 1e-5
+    if position == "middle":  # the merged ")." token sits inside the name, before the second context half
+        merged = backbone.tokenize(["X hummer (car)."])[0, 1 + name_lens[0]]  # SOS, X, then the name
+        assert int(learner.tokens[0, 1 + n_ctx // 2 + name_lens[0] - 1]) == int(merged)
+
+
+def test_multi_token_init_words_learn_one_vector_each(backbone):
+    phrase = "a photo of a hotdog-style"  # 5 words, the last one several tokens
+    learner = PromptLearner(backbone, CLASSNAMES, PromptDesign(ctx_init=phrase))
+    assert learner.n_ctx == 5
+    tokens = backbone.tokenize([f"{phrase} {c}." for c in CLASSNAMES])
+    assert int(eot_positions(backbone.tokenize([phrase]))[0]) - 1 > 5
+    with torch.no_grad():
+        expected = backbone.model.token_embedding(tokens)
+        assert torch.equal(learner.ctx, expected[0, 1:6])
+        assert torch.equal(learner.prompt_embeddings(), expected)  # later tokens of the word stay in the prompt
+    learner().sum().backward()
+    assert learner.ctx.grad.shape == (5, expected.shape[-1])

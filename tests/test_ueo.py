@@ -50,10 +50,29 @@ def test_mcm_auroc_and_known_class_accuracy_on_a_known_case():
     assert "auroc" not in shift_metrics(cosines[:2], labels[:2])
 
 
+def _released_norm_names(visual) -> set[str]:
+    """The released code's rule: train the image encoder's parameters whose names hold "bn" or "ln"."""
+    return {name for name, _ in visual.named_parameters() if "bn" in name or "ln" in name}
+
+
+@pytest.mark.parametrize("source", ["tiny-rn", "tiny-vit", "RN50:random"])
+def test_default_norm_parameters_are_the_released_list(source):
+    from ptlab.models.backbone import load_backbone
+
+    visual = build_model(source, 0).visual if source.startswith("tiny") else load_backbone(source).model.visual
+    default = norm_parameters(visual)
+    assert set(default) == _released_norm_names(visual)
+    if source != "tiny-vit":
+        assert len(norm_parameters(visual, include_downsample_bn=True)) == len(default) + 8  # 4 downsample BNs
+    from ptlab.methods.ueo import UeoOptions
+
+    assert not UeoOptions.from_config(TrialConfig(method="ueo")).include_downsample_bn
+
+
 def test_norm_parameters_of_both_encoders():
     rn = build_model("tiny-rn", 0).visual
-    every = norm_parameters(rn)
-    released = norm_parameters(rn, include_downsample_bn=False)
+    every = norm_parameters(rn, include_downsample_bn=True)
+    released = norm_parameters(rn)
     assert {n for n in every if "downsample" in n} == {f"layer{i}.0.downsample.1.{p}" for i in range(1, 5) for p in ("weight", "bias")}
     assert set(released) == {n for n in every if "downsample" not in n}
     vit = norm_parameters(build_model("tiny-vit", 0).visual)
@@ -75,7 +94,7 @@ def test_a_step_moves_only_the_context_and_norm_affines(feature_cache, random_ti
     trainer = UeoTrainer(cfg, TrialContext(cache_dir=feature_cache))
     model = trainer.backbone.model
     with torch.no_grad():  # open_clip zero-initialises bn3, which would leave bn1 and bn2 without gradient
-        for name, param in norm_parameters(model.visual).items():
+        for name, param in norm_parameters(model.visual, include_downsample_bn=True).items():
             if "bn3.weight" in name:
                 param.fill_(1.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -130,3 +149,25 @@ def test_weight_modes(feature_cache, random_tiny_clip):
     assert bool(((mcm >= 1 / n_known) & (mcm <= 1)).all()) and mcm.std() > 0
     entropy_min = UeoTrainer(_cfg(random_tiny_clip, method="entropy_min"), ctx)
     assert torch.equal(entropy_min.weights, torch.ones(len(mcm))) and entropy_min.options.lam == 0
+
+
+def test_transductive_protocol_adapts_and_tests_on_the_whole_dataset(feature_cache, random_tiny_clip):
+    ctx = TrialContext(cache_dir=feature_cache)
+    cfg = _cfg(random_tiny_clip, shots=0)
+    inductive = UeoTrainer(cfg, ctx)
+    transductive = UeoTrainer(cfg.with_updates({"method_options.protocol": "transductive"}), ctx)
+    bundle = inductive.data.bundle
+    sizes = {name: len(split) for name, split in bundle.splits.items()}
+    assert len(transductive.test_split) == sum(sizes.values()) and transductive.train_split is transductive.test_split
+    labels = np.concatenate([bundle.splits[n].labels for n in ("train", "val", "test") if n in bundle.splits])
+    assert np.array_equal(transductive.test_split.labels, labels)
+    # the unlabelled data: every image of the present classes, in every split
+    present = np.isin(labels, transductive.data.shift.present)
+    assert np.array_equal(transductive.data.pool, np.flatnonzero(present))
+    assert len(inductive.data.pool) == np.isin(bundle.split("train").labels, inductive.data.shift.present).sum()
+    # an image loads from the split it came from
+    last = len(transductive.test_split) - 1
+    test = bundle.split("test")
+    assert np.array_equal(np.asarray(transductive.test_split.images.load(last)), np.asarray(test.images.load(len(test) - 1)))
+    with pytest.raises(ValueError, match="protocol"):
+        UeoTrainer(cfg.with_updates({"method_options.protocol": "online"}), ctx)

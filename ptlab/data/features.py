@@ -43,24 +43,34 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def eval_transform(backbone: Backbone) -> T.Compose:
+INTERPOLATIONS = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
+
+
+def eval_transform(backbone: Backbone, resize: int | None = None, interpolation: str = "bicubic") -> T.Compose:
+    """CLIP's evaluation view: shorter side to image_size, centre crop.
+
+    resize=S instead scales the whole image to S x S before the centre crop
+    (LPT's release: 256 x 256, crop 224, bilinear).
+    """
+    size = backbone.image_size
     return T.Compose(
         [
             T.ToImage(),
-            T.Resize(backbone.image_size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-            T.CenterCrop(backbone.image_size),
+            T.Resize(size if resize is None else (resize, resize), interpolation=INTERPOLATIONS[interpolation],
+                     antialias=True),
+            T.CenterCrop(size),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(backbone.mean, backbone.std),
         ]
     )
 
 
-def train_transform(backbone: Backbone, crop_scale: tuple[float, float]) -> T.Compose:
+def train_transform(backbone: Backbone, crop_scale: tuple[float, float], interpolation: str = "bicubic") -> T.Compose:
     return T.Compose(
         [
             T.ToImage(),
             T.RandomResizedCrop(
-                backbone.image_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC, antialias=True
+                backbone.image_size, scale=crop_scale, interpolation=INTERPOLATIONS[interpolation], antialias=True
             ),
             T.RandomHorizontalFlip(),
             T.ToDtype(torch.float32, scale=True),

@@ -18,9 +18,10 @@ The world's own long-tailed task is world:color-shapes-lt (imbalance also from
 data.imbalance).
 
 Shot groups follow ptlab.metrics.shot_groups, counted on the training set a
-trial uses: many > 100 images, medium 20 to 100 inclusive, few < 20. A class
-with exactly 20 images is medium, as in LPT's and Decoupling's group masks
-(LPT's released evaluation loop, by contrast, counts 20 as few).
+trial uses: many > 100 images, medium 21 to 100, few 20 or fewer. A class
+with exactly 20 images is few, as in LPT's released evaluation logging, which
+made the published per-group numbers; LPT's and Decoupling's group masks
+count it medium, which lpt/vpt give with method_options.few_at_most: 19.
 """
 
 from __future__ import annotations

@@ -1,10 +1,16 @@
-"""Label noise for the noisy-label studies (PTNL): symmetric, pair, confusion, ptnl.
+"""Label noise for the noisy-label studies (PTNL): symmetric, pair, confusion, ptnl, ptnl_distinct.
+
+ptnl is the mechanism PTNL's released code built its noisy K-shot sets with
+(exactly K images labelled c when c's first half holds K), and what the real
+replication studies use; symmetric, pair and confusion mislabel a given
+K-shot sample instead, and ptnl_distinct is ptnl without its draws with
+replacement (see `ptnl_noise`).
 
 Every kind returns the true labels beside the noisy ones, so analyses can
 separate clean from mislabelled samples.
 
-Counting rule, shared by all kinds: class c (by true label for symmetric,
-pair and confusion; by given label for ptnl) gets exactly
+Counting rule of symmetric, pair, confusion and ptnl_distinct: class c (by
+true label for the first three; by given label for ptnl_distinct) gets exactly
 floor(r * n_c + 1/2) wrong labels, where n_c is its number of samples in the
 few-shot set, i.e. per-class rounding with halves rounded up (Python's
 round() would send 0.5 to 0). The realised rate is exact per class, and
@@ -28,7 +34,8 @@ import torch
 
 from ptlab.data.fewshot import check_labels, lowest_keys_per_class, random_keys, seeded_generator
 
-NOISE_KINDS = ("none", "symmetric", "pair", "confusion", "ptnl")
+NOISE_KINDS = ("none", "symmetric", "pair", "confusion", "ptnl", "ptnl_distinct")
+PTNL_KINDS = ("ptnl", "ptnl_distinct")
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,7 +125,8 @@ def add_label_noise(
       confusion  the wrong label is the highest-scoring wrong class in
                  `scores` (N, C), e.g. zero-shot logits of these samples;
                  ties go to the lower class id.
-    ptnl selects its own samples, so it has its own function, `ptnl_noise`.
+    ptnl and ptnl_distinct select their own samples, so they have their own
+    function, `ptnl_noise`.
     """
     labels = check_labels(labels)
     _check_rate(rate)
@@ -127,8 +135,8 @@ def add_label_noise(
         raise ValueError(f"indices ({len(indices)}) and labels ({len(labels)}) differ in length")
     if labels.size and labels.max() >= num_classes:
         raise ValueError(f"label {labels.max()} is not a class id below num_classes={num_classes}")
-    if noise_type == "ptnl":
-        raise ValueError("ptnl noise chooses its own samples: call ptnl_noise(train_labels, shots, rate, seed)")
+    if noise_type in PTNL_KINDS:
+        raise ValueError(f"{noise_type} noise chooses its own samples: call ptnl_noise(train_labels, shots, rate, seed)")
     if noise_type not in NOISE_KINDS:
         raise ValueError(f"unknown noise type {noise_type!r}; known: {', '.join(NOISE_KINDS)}")
     if noise_type == "none":
@@ -188,22 +196,32 @@ def _check_pairs(pairs: np.ndarray | list[int] | None, num_classes: int) -> np.n
     return pair_map.astype(np.int64)
 
 
-def ptnl_noise(train_labels: np.ndarray | list[int], shots: int, rate: float, seed: int) -> NoisyLabels:
+def ptnl_noise(
+    train_labels: np.ndarray | list[int], shots: int, rate: float, seed: int, *, distinct: bool = False
+) -> NoisyLabels:
     """The released PTNL code's noisy K-shot set, drawn from the full training split.
 
     Each class c's images, in split order, are cut into a first half
-    (ceil(n_c / 2) images) and a second half. Class c gets `shots` images
-    drawn from its first half (all of it when shorter, or when shots=0); the
-    first floor(r * k_c + 1/2) of the k_c drawn are then replaced by images
-    drawn uniformly from the second halves of all other classes, labelled c.
-    A wrong image's true class is thus chosen in proportion to class size.
-    Classes take their wrong images in ascending class order, and no image is
-    used twice.
+    (ceil(n_c / 2) images) and a second half. Class c draws `shots` images
+    from its first half, without replacement when the half holds at least K,
+    with replacement when it holds fewer. The first floor(r * K + 1/2) draws
+    are then replaced by images drawn uniformly, with replacement, from the
+    second halves of all other classes not taken by a lower class, and
+    labelled c. A training set holds an image once, so repeated draws
+    collapse: a class whose first half is shorter than K gets the fixed
+    number of wrong images and fewer distinct correct ones (a 9-image half
+    at r = 0.125, K = 16: 2 wrong, and 14 draws giving at most 9 distinct
+    correct, 7.3 on average), so its realised rate exceeds r. A wrong image's true
+    class is chosen in proportion to the size of its second half. Classes
+    take their wrong images in ascending class order. shots=0 (a ptlab
+    extension) takes the whole first half, with floor(r * half + 1/2) wrong.
 
-    Differences from the released code: it draws shots with replacement when
-    a first half is shorter than K, draws the wrong images of one class with
-    replacement, and fixes the wrong count rather than the rate; here every
-    image appears at most once and the count follows the rate.
+    distinct=True (noise_type ptnl_distinct) is ptlab's variant: every draw
+    is without replacement, so a short half gives all its images and the
+    wrong count follows the rate of what it gave, floor(r * k_c + 1/2) for
+    k_c = min(K, half); with a half of at least K both agree on the counts.
+    The release also fixes the wrong count as an integer per class (num_fp)
+    rather than a rate; r = num_fp / K gives the same count.
     """
     labels = check_labels(train_labels)
     _check_rate(rate)
@@ -230,17 +248,32 @@ def ptnl_noise(train_labels: np.ndarray | list[int], shots: int, rate: float, se
     for c in range(num_classes):
         shots_c = drawn[labels[drawn] == c]
         shots_c = shots_c[np.argsort(keys[shots_c], kind="stable")]  # draw order: "the first" are replaced
-        n_wrong = int(wrong_count(rate, len(shots_c)))
+        if distinct or shots == 0:
+            n_wrong = int(wrong_count(rate, len(shots_c)))
+        else:
+            n_wrong = int(wrong_count(rate, shots))
+            if len(shots_c) < shots:  # a short first half: the release draws K with replacement
+                half_c = candidates[labels[candidates] == c]
+                shots_c = half_c[(random_keys(rng, shots) * len(half_c)).astype(np.int64)]
         pool = np.flatnonzero(unused & (labels[second_half] != c))
-        if n_wrong > len(pool):
+        if distinct and n_wrong > len(pool):
             raise ValueError(
                 f"class {c} needs {n_wrong} wrong images but only {len(pool)} unused second-half images of other "
                 "classes remain; lower the rate or the shots"
             )
-        picked = _draw_without_replacement(rng, pool, n_wrong)
+        if not distinct and n_wrong and not len(pool):
+            raise ValueError(
+                f"class {c} needs {n_wrong} wrong images but no unused second-half image of another class "
+                "remains; lower the rate or the shots"
+            )
+        if distinct:
+            picked = _draw_without_replacement(rng, pool, n_wrong)
+        else:
+            picked = np.unique(pool[(random_keys(rng, n_wrong) * len(pool)).astype(np.int64)])
         unused[picked] = False
-        chosen_indices.append(np.concatenate([second_half[picked], shots_c[n_wrong:]]))
-        given_labels.append(np.full(len(shots_c), c))
+        correct = np.unique(shots_c[n_wrong:])
+        chosen_indices.append(np.concatenate([second_half[picked], correct]))
+        given_labels.append(np.full(len(picked) + len(correct), c))
 
     indices = np.concatenate(chosen_indices) if chosen_indices else np.zeros(0, dtype=np.int64)
     given = np.concatenate(given_labels) if given_labels else np.zeros(0, dtype=np.int64)

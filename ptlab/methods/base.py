@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ptlab.config import TrialConfig
-from ptlab.metrics import SHOT_GROUPS, shot_group_accuracy, shot_groups
+from ptlab.metrics import FEW_SHOT_AT_MOST, SHOT_GROUPS, shot_group_accuracy, shot_groups
 
 STATUS_COMPLETED = "completed"
 STATUS_NAN = "flagged_nan"
@@ -125,14 +125,16 @@ def provenance() -> dict[str, str]:
     return versions
 
 
-def shot_group_metrics(pred: np.ndarray, labels: np.ndarray, counts: np.ndarray, prefix: str = "") -> dict[str, float]:
+def shot_group_metrics(
+    pred: np.ndarray, labels: np.ndarray, counts: np.ndarray, prefix: str = "", few_at_most: int = FEW_SHOT_AT_MOST
+) -> dict[str, float]:
     """Many/medium/few-shot test accuracy in percent (groups by training images: ptlab.metrics.shot_groups)."""
-    return {f"{prefix}{g}_acc": 100 * v for g, v in shot_group_accuracy(pred, labels, counts).items()}
+    return {f"{prefix}{g}_acc": 100 * v for g, v in shot_group_accuracy(pred, labels, counts, few_at_most).items()}
 
 
-def shot_group_sizes(counts: np.ndarray) -> dict[str, float]:
+def shot_group_sizes(counts: np.ndarray, few_at_most: int = FEW_SHOT_AT_MOST) -> dict[str, float]:
     """How many classes fall in each shot group, so a report can tell an empty group from a bad one."""
-    groups = shot_groups(counts)
+    groups = shot_groups(counts, few_at_most)
     return {f"{g}_classes": float((groups == g).sum()) for g in SHOT_GROUPS}
 
 

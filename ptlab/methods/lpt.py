@@ -25,6 +25,13 @@ agcl=true, else the trial's `loss` on the scaled cosines. Stage 1 and
 single-sampling runs use (gamma_pos, gamma_neg); the instance-balanced half
 of dual sampling uses (gamma_pos_ib, gamma_neg_ib), as the released code does.
 
+As in the released code, the image feature passes Dropout(feature_dropout,
+default 0.1) before the cosine classifier while training, and images are
+resized to 256 x 256 and centre-cropped to 224, bilinear, for evaluation,
+with bilinear random-resized crops for training (transforms: release);
+transforms: clip gives ptlab's CLIP views instead (shorter side 224, crop
+224, bicubic), feature_dropout: 0 no dropout.
+
 The published recipe is SGD lr 0.02 * batch / 256, momentum 0.9, weight decay
 0.01, batch 256, cosine with one warm-up epoch (warm-up lr 1e-6), 90 epochs:
 train.* settings of the trial (studies/lpt_places_lt.yaml spells them out).
@@ -60,10 +67,10 @@ from ptlab.methods.base import TrialContext, TrialRecord, sanity_status, shot_gr
 from ptlab.methods.coop import loss_for
 from ptlab.methods.schedule import epoch_lr, make_optimizer, set_lr
 from ptlab.methods.supervision import noisy_training_set
-from ptlab.metrics import accuracy, mean_per_class_accuracy, per_class_accuracy
+from ptlab.metrics import FEW_SHOT_AT_MOST, MANY_SHOT_ABOVE, accuracy, mean_per_class_accuracy, per_class_accuracy
 from ptlab.models.vpt import PromptedViT, load_vision_tower
 
-STAGE1_FORMAT = 1  # bump when stage-1 training changes what it computes
+STAGE1_FORMAT = 2  # bump when stage-1 training changes what it computes (2: feature dropout, release transforms)
 EVAL_BATCH = 256
 Sampling = Literal["instance", "class_balanced", "dual"]
 
@@ -87,6 +94,12 @@ class PromptOptions(BaseModel):
     gamma_pos_ib: float = Field(0.5, ge=0)
     gamma_neg_ib: float = Field(8.0, ge=0)
     workers: int = Field(0, ge=0)  # image-decoding processes; results do not depend on it
+    feature_dropout: float = Field(0.1, ge=0, lt=1)  # on the feature before the cosine classifier, training only
+    # release: resize to 256 x 256 and centre-crop 224, bilinear, bilinear training crops (LPT's code);
+    # clip: ptlab's CLIP views (shorter side 224, crop 224, bicubic)
+    transforms: Literal["release", "clip"] = "release"
+    # shot groups: few = at most this many training images (20: LPT's released logging; 19: 20 is medium)
+    few_at_most: int = Field(FEW_SHOT_AT_MOST, ge=0, le=MANY_SHOT_ABOVE)
 
     @classmethod
     def of(cls, cfg: TrialConfig):
@@ -162,9 +175,14 @@ class _Pixels(torch.utils.data.Dataset):
 
 
 class PixelFeed:
-    def __init__(self, tower, crop_scale: tuple[float, float], workers: int, device: torch.device):
-        self.eval_tf, self.train_tf = eval_transform(tower), train_transform(tower, crop_scale)
-        self.workers, self.device = workers, device
+    def __init__(self, tower, crop_scale: tuple[float, float], opts: PromptOptions, device: torch.device):
+        if opts.transforms == "release":
+            resize = tower.image_size * 8 // 7  # the release's square resize: 256 for a 224 crop
+            self.eval_tf = eval_transform(tower, resize=resize, interpolation="bilinear")
+            self.train_tf = train_transform(tower, crop_scale, interpolation="bilinear")
+        else:
+            self.eval_tf, self.train_tf = eval_transform(tower), train_transform(tower, crop_scale)
+        self.workers, self.device = opts.workers, device
 
     def _load(self, dataset: _Pixels, batches: list[list[tuple[int, int]]]) -> Iterator[torch.Tensor]:
         loader = torch.utils.data.DataLoader(
@@ -184,14 +202,16 @@ class PixelFeed:
         return self._load(_Pixels(split, self.eval_tf, seeded=False), items)
 
 
-def shot_metrics(pred: np.ndarray, labels: np.ndarray, counts: np.ndarray, prefix: str = "") -> dict[str, float]:
+def shot_metrics(
+    pred: np.ndarray, labels: np.ndarray, counts: np.ndarray, prefix: str = "", few_at_most: int = FEW_SHOT_AT_MOST
+) -> dict[str, float]:
     """Overall, macro and many/medium/few-shot accuracy in percent (groups: ptlab.metrics.shot_groups)."""
     n_classes = len(counts)
     out = {
         f"{prefix}test_acc": 100 * accuracy(pred, labels),
         f"{prefix}test_macro_acc": 100 * mean_per_class_accuracy(pred, labels, n_classes),
     }
-    out.update(shot_group_metrics(pred, labels, counts, prefix))
+    out.update(shot_group_metrics(pred, labels, counts, prefix, few_at_most))
     return out
 
 
@@ -200,7 +220,7 @@ class PromptTrainer:
 
     def __init__(self, cfg: TrialConfig, ctx: TrialContext, opts: PromptOptions, model: PromptedViT, setup: PromptedSetup):
         self.cfg, self.ctx, self.opts, self.model, self.setup = cfg, ctx, opts, model, setup
-        self.feed = PixelFeed(model.tower, tuple(cfg.train.crop_scale), opts.workers, ctx.device)
+        self.feed = PixelFeed(model.tower, tuple(cfg.train.crop_scale), opts, ctx.device)
         self.plain_loss = loss_for(cfg)
         self.counts = torch.as_tensor(setup.counts, dtype=torch.float32)
         self.curves: list[dict[str, float]] = []
@@ -243,7 +263,7 @@ class PromptTrainer:
             optimizer.zero_grad(set_to_none=True)
             for k, (positions, weight, gammas) in enumerate(step):
                 targets = torch.from_numpy(s.train.labels[positions]).to(device)
-                cosine, key_loss = self.model(next(pixels), use_pool=use_pool)
+                cosine, key_loss = self.model(next(pixels), use_pool=use_pool, dropout_generator=noise)
                 loss = weight * (self.classification_loss(cosine, targets, gammas, noise) + key_weight * key_loss)
                 # One backward per batch: the gradient of the sum, with one batch's activations in memory.
                 loss.backward()
@@ -288,7 +308,7 @@ class PromptTrainer:
     def test_metrics(self, use_pool: bool, prefix: str = "") -> tuple[dict[str, float], np.ndarray]:
         s = self.setup
         pred = self.predict(s.test, use_pool=use_pool)
-        return shot_metrics(pred, s.test.labels, s.counts, prefix), pred
+        return shot_metrics(pred, s.test.labels, s.counts, prefix, self.opts.few_at_most), pred
 
 
 def _resume_into(trainer: PromptTrainer, optimizer, state: dict) -> int:
@@ -300,7 +320,7 @@ def _resume_into(trainer: PromptTrainer, optimizer, state: dict) -> int:
 
 def _record(cfg: TrialConfig, trainer: PromptTrainer, metrics: dict, pred: np.ndarray, timings: dict) -> TrialRecord:
     s = trainer.setup
-    metrics.update(shot_group_sizes(s.counts))
+    metrics.update(shot_group_sizes(s.counts, trainer.opts.few_at_most))
     metrics.update(train_size=float(len(s.train)), epochs_done=float(len(trainer.curves)))
     metrics["noise_realised"] = float(s.train.rate)
     for key in ("val_acc", "train_loss"):
@@ -318,7 +338,8 @@ def run_vpt(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
     setup = prepare(cfg)
     tower = load_vision_tower(cfg.backbone, ctx.device, cfg.precision)
     generator = torch.Generator().manual_seed(cfg.seed)
-    model = PromptedViT(tower, setup.n_classes, opts.prompt_len, generator).to(ctx.device)
+    model = PromptedViT(tower, setup.n_classes, opts.prompt_len, generator,
+                        feature_dropout=opts.feature_dropout).to(ctx.device)
     trainer = PromptTrainer(cfg, ctx, opts, model, setup)
     optimizer = make_optimizer(model.parameters(), cfg.train)
     start = _resume_into(trainer, optimizer, ctx.resume_state) if ctx.resume_state else 0
@@ -402,7 +423,7 @@ def run_lpt(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
         raise ValueError(f"method_options.top_k ({opts.top_k}) must not exceed pool_size ({opts.pool_size})")
     generator = torch.Generator().manual_seed(cfg.seed)
     model = PromptedViT(tower, setup.n_classes, opts.prompt_len, generator, opts.pool_size, opts.top_k,
-                        opts.split_block).to(ctx.device)
+                        opts.split_block, opts.feature_dropout).to(ctx.device)
     trainer = PromptTrainer(cfg, ctx, opts, model, setup)
     timings: dict[str, float] = {}
     began = time.perf_counter()

@@ -16,7 +16,7 @@ import torch
 from ptlab.config import TrialConfig
 from ptlab.data.features import FeatureCache, encode_images, load_pixels
 from ptlab.data.fewshot import few_shot_indices, validation_indices
-from ptlab.data.noise import NoisyLabels, add_label_noise, ptnl_noise
+from ptlab.data.noise import PTNL_KINDS, NoisyLabels, add_label_noise, ptnl_noise
 from ptlab.data.sources import DatasetBundle, Split, load_dataset
 from ptlab.data.templates import resolve_templates
 from ptlab.methods.base import TrialContext
@@ -82,8 +82,8 @@ def zero_shot_scores(backbone: Backbone, bundle: DatasetBundle, features: torch.
 
 def noisy_training_set(cfg: TrialConfig, bundle: DatasetBundle, backbone: Backbone, cache: FeatureCache) -> NoisyLabels:
     split = bundle.split("train")
-    if cfg.noise_type == "ptnl":
-        return ptnl_noise(split.labels, cfg.shots, cfg.noise_rate, cfg.seed)
+    if cfg.noise_type in PTNL_KINDS:
+        return ptnl_noise(split.labels, cfg.shots, cfg.noise_rate, cfg.seed, distinct=cfg.noise_type == "ptnl_distinct")
     indices = few_shot_indices(split.labels, cfg.shots, cfg.seed, split.images.identity)
     labels = split.labels[indices]
     scores = None

@@ -3,7 +3,9 @@
 Three recipes share one protocol (methods.md section 7): the prompt lists the
 known classes of `data.scenario` (ptlab.data.shift), the unlabelled training
 data holds the present classes, and the test split holds every class, the
-unknown ones being out-of-distribution.
+unknown ones being out-of-distribution. Inductive by default (train split
+adapted, test split held out); method_options.protocol: transductive is the
+released code's protocol, adapting and testing on the same images.
 
   ueo           CoOp context (phrase-initialised) and the image encoder's
                 normalisation affines trained on the UEO objective with
@@ -39,9 +41,17 @@ method_options:
                          oracle (1 + 1e-3 for known-class samples, 1e-3 for
                          unknown ones, as the released code's analysis runs)
   include_downsample_bn  train the ResNet downsample BatchNorms too (default
-                         true; the released code skips them, false matches it)
+                         false, as the released code, which trains the
+                         parameters whose names hold "bn" or "ln": a ResNet's
+                         downsample.1 BatchNorm is left frozen)
   train_norms            train the normalisation affines (default true)
   learn_context          train the prompt context (default true)
+  protocol               inductive (default): the unlabelled data is the
+                         train split's present-class images, the test split
+                         is held out; transductive: the released code's
+                         protocol, adapting on every image of the dataset
+                         (all splits together) of the present classes and
+                         testing on every image of it, the same images
 """
 
 from __future__ import annotations
@@ -54,12 +64,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 from ptlab.config import TrialConfig
 from ptlab.data.features import FeatureCache, encode_images, eval_transform, load_pixels, train_transform
 from ptlab.data.fewshot import few_shot_indices
 from ptlab.data.shift import UNKNOWN, ClassShift, class_shift
-from ptlab.data.sources import DatasetBundle, load_dataset
+from ptlab.data.sources import DatasetBundle, ImageStore, Split, load_dataset
 from ptlab.losses import ueo_objective
 from ptlab.methods.base import TrialContext, TrialRecord, sanity_status
 from ptlab.methods.coop import prompt_design
@@ -70,6 +81,7 @@ from ptlab.models.prompt import PromptLearner
 
 TRAINED_METHODS = ("ueo", "entropy_min")
 WEIGHT_MODES = ("mcm", "uniform", "oracle")
+PROTOCOLS = ("inductive", "transductive")
 ORACLE_FLOOR = 1e-3  # the released code's oracle weights: indicator(known) + 1e-3, so 1/w stays finite
 EVAL_CHUNK = 256  # images loaded at once when encoding a split live
 
@@ -93,13 +105,13 @@ PUBLISHED_RECIPE = {
 class UeoOptions:
     lam: float = 1.0
     weights: str = "mcm"
-    include_downsample_bn: bool = True
+    include_downsample_bn: bool = False
     train_norms: bool = True
 
     @classmethod
     def from_config(cls, cfg: TrialConfig) -> UeoOptions:
         given = dict(cfg.method_options)
-        allowed = {"lambda", "weights", "include_downsample_bn", "train_norms", "learn_context"}
+        allowed = {"lambda", "weights", "include_downsample_bn", "train_norms", "learn_context", "protocol"}
         if cfg.method == "entropy_min":
             allowed -= {"lambda", "weights"}  # entropy minimisation is lambda 0 with uniform weights, by definition
         unknown = set(given) - allowed
@@ -111,7 +123,7 @@ class UeoOptions:
         options = cls(
             lam=float(given.get("lambda", 1.0)),
             weights=str(given.get("weights", "mcm")),
-            include_downsample_bn=bool(given.get("include_downsample_bn", True)),
+            include_downsample_bn=bool(given.get("include_downsample_bn", False)),
             train_norms=bool(given.get("train_norms", True)),
         )
         if options.weights not in WEIGHT_MODES:
@@ -119,7 +131,7 @@ class UeoOptions:
         return options
 
 
-def norm_parameters(visual: nn.Module, include_downsample_bn: bool = True) -> dict[str, nn.Parameter]:
+def norm_parameters(visual: nn.Module, include_downsample_bn: bool = False) -> dict[str, nn.Parameter]:
     """Affine parameters of the image encoder's BatchNorm and LayerNorm layers, by name."""
     found = {}
     for name, module in visual.named_modules():
@@ -153,11 +165,45 @@ def shift_metrics(cosines: torch.Tensor, known_labels: np.ndarray) -> dict[str, 
     return metrics
 
 
+@dataclass(frozen=True, eq=False)
+class ConcatImages(ImageStore):
+    """Several splits' images as one: the transductive protocol's whole dataset."""
+
+    parts: tuple[ImageStore, ...]
+    identity: str
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def load(self, index: int) -> Image.Image:
+        for part in self.parts:
+            if index < len(part):
+                return part.load(index)
+            index -= len(part)
+        raise IndexError(f"image {index} beyond the {len(self)} of {self.identity}")
+
+
+def whole_dataset(bundle: DatasetBundle) -> Split:
+    """Every split of a dataset as one split, in the order train, val, test."""
+    parts = [bundle.splits[name] for name in ("train", "val", "test") if name in bundle.splits]
+    images = ConcatImages(tuple(p.images for p in parts), "+".join(p.images.identity for p in parts))
+    return Split(np.concatenate([p.labels for p in parts]), images)
+
+
+def protocol_of(cfg: TrialConfig) -> str:
+    protocol = str(cfg.method_options.get("protocol", "inductive"))
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"method_options.protocol {protocol!r}; expected {' or '.join(PROTOCOLS)}")
+    return protocol
+
+
 @dataclass
 class ShiftData:
     bundle: DatasetBundle
     shift: ClassShift
-    pool: np.ndarray  # positions in the train split of the unlabelled data
+    train: Split  # the split the unlabelled data comes from
+    test: Split
+    pool: np.ndarray  # positions in `train` of the unlabelled data
     pool_known: np.ndarray  # their known-class labels (UNKNOWN for unknown classes); oracle weights and
     # weight_auroc read them, the objective never does
     test_known: np.ndarray
@@ -166,15 +212,18 @@ class ShiftData:
     def from_config(cls, cfg: TrialConfig) -> ShiftData:
         bundle = load_dataset(cfg.dataset, cfg.data)
         shift = class_shift(bundle, cfg.data.scenario, cfg.data.class_split)
-        train = bundle.split("train")
+        if protocol_of(cfg) == "transductive":
+            train = test = whole_dataset(bundle)
+        else:
+            train, test = bundle.split("train"), bundle.split("test")
         # The K-shot cap is drawn over the whole split, then filtered: a present
         # class keeps the same images in every scenario.
         pool = few_shot_indices(train.labels, cfg.shots, cfg.seed, train.images.identity)
         pool = pool[shift.present_positions(train.labels[pool])]
         if len(pool) == 0:
             raise ValueError(f"no unlabelled training images of the present classes of {cfg.dataset}")
-        test = bundle.split("test")
-        return cls(bundle, shift, pool, shift.known_labels(train.labels[pool]), shift.known_labels(test.labels))
+        return cls(bundle, shift, train, test, pool, shift.known_labels(train.labels[pool]),
+                   shift.known_labels(test.labels))
 
     @property
     def known_classnames(self) -> list[str]:
@@ -232,8 +281,7 @@ class UeoTrainer:
             self.backbone, self.data.known_classnames, prompt_design(cfg), torch.Generator().manual_seed(cfg.seed)
         )
         self.scale = self.backbone.model.logit_scale.exp().detach().float()
-        self.train_split = self.data.bundle.split("train")
-        self.test_split = self.data.bundle.split("test")
+        self.train_split, self.test_split = self.data.train, self.data.test
         # Everything read from the cache is the initial encoder's: read it all before any step.
         cache = FeatureCache(ctx.cache_dir, self.backbone)
         with torch.no_grad():

@@ -2,10 +2,19 @@
 
 Each class's prompt is `[SOS] [V1..VM] [class tokens] [.] [EOT]` (class token
 at the end), with the context split around the class name (middle) or after
-it (front). The tokenised prompt is built once with placeholder words in the
-context slots; at every step the learnable vectors are written into those
-slots of the frozen token embeddings, so the prompt is exactly what the text
-tower would see for a sentence, without string work in the loop.
+it (front). As in CoOp, the sentence "<context> <name>." is tokenised once,
+with placeholder words (or the init phrase) as context, and its token rows
+are moved into the position's order: the name is the first name_len tokens
+after the context, name_len counted on the name alone. Where the name ends
+in punctuation BPE merges it with the full stop, and the merged token moves
+with the name (CoOp's slicing, matched exactly). At every step the learnable
+vectors are written into the context slots of these frozen token embeddings,
+so the prompt is exactly what the text tower would see for a sentence,
+without string work in the loop.
+
+An init phrase (ctx_init) gives one learned vector per word, the first
+n_words tokens of the phrase, as CoOp; a word of several tokens leaves the
+phrase's remaining tokens fixed after the context.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ PLACEHOLDER = "X"
 @dataclass(frozen=True)
 class PromptDesign:
     n_ctx: int = 16
-    ctx_init: str = ""  # e.g. "a photo of a": initial context, n_ctx becomes its token count
+    ctx_init: str = ""  # e.g. "a photo of a": initial context, n_ctx becomes its word count
     position: str = "end"  # end | middle | front
     csc: bool = False  # class-specific context
     learn_context: bool = True
@@ -49,35 +58,47 @@ class PromptLearner(nn.Module):
         emb = model.token_embedding.weight
         device = emb.device
         n_classes = len(classnames)
-        init_ids = None
         if design.ctx_init:
-            phrase = design.ctx_init.replace("_", " ").strip()
-            n_ctx = _token_count(tokenizer, phrase)
-            init_ids = tokenizer([phrase])[0][1 : 1 + n_ctx]
+            phrase = " ".join(design.ctx_init.replace("_", " ").split())
+            n_ctx = len(phrase.split(" "))  # one learned vector per word, as CoOp
+            prefix_text = phrase
         else:
             n_ctx = design.n_ctx
+            prefix_text = " ".join([PLACEHOLDER] * n_ctx)
         self.n_ctx = n_ctx
         names = [c.replace("_", " ") for c in classnames]
         name_lens = [_token_count(tokenizer, n) for n in names]
         before = {"end": n_ctx, "middle": n_ctx // 2, "front": 0}[design.position]  # context slots before the name
         after = n_ctx - before
-        texts = [" ".join([PLACEHOLDER] * before + [n] + [PLACEHOLDER] * after) + "." for n in names]
-        needed = 1 + n_ctx + max(name_lens) + 2  # SOS, context, name, ".", EOT
+        # CoOp tokenises "<context> <name>." and moves rows: the name is the
+        # name_len tokens after the context, wherever BPE put the boundary. A
+        # name ending in punctuation merges it with the full stop (")." is one
+        # token), and that merged token goes with the name.
+        needed = 1 + _token_count(tokenizer, prefix_text) + max(name_lens) + 2  # SOS, context, name, ".", EOT
         if needed > model.context_length:
             raise ValueError(
                 f"prompts need {needed} tokens with {n_ctx} context tokens and the longest class name, "
                 f"but the text context length is {model.context_length}; use fewer context tokens"
             )
-        tokens = tokenizer(texts).to(device)
-        ctx_pos, name_pos = [], []
+        sentences = tokenizer([f"{prefix_text} {n}." for n in names]).to(device)
+        length = sentences.shape[1]
+        layouts, ctx_pos, name_pos = [], [], []
         name_start = 1 + before
         for n_len in name_lens:
+            context, name = list(range(1, 1 + n_ctx)), list(range(1 + n_ctx, 1 + n_ctx + n_len))
+            rest = list(range(1 + n_ctx + n_len, length))
+            layouts.append([0, *context[:before], *name, *context[before:], *rest])
             ctx_pos.append(list(range(1, name_start)) + list(range(name_start + n_len, name_start + n_len + after)))
             name_pos.append(list(range(name_start, name_start + n_len)))
+        layout = torch.tensor(layouts, dtype=torch.long, device=device)
+        tokens = sentences.gather(1, layout)
+        with torch.no_grad():
+            sentence_emb = model.token_embedding(sentences).detach()
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("eot", eot_positions(tokens), persistent=False)
-        with torch.no_grad():
-            self.register_buffer("base", model.token_embedding(tokens).detach(), persistent=False)
+        self.register_buffer(
+            "base", sentence_emb.gather(1, layout.unsqueeze(-1).expand(-1, -1, sentence_emb.shape[-1])), persistent=False
+        )
         self.register_buffer("ctx_rows", torch.arange(n_classes, device=device).repeat_interleave(n_ctx), persistent=False)
         self.register_buffer("ctx_cols", torch.tensor([p for ps in ctx_pos for p in ps], dtype=torch.long, device=device), persistent=False)
         self.register_buffer(
@@ -88,8 +109,11 @@ class PromptLearner(nn.Module):
         self.register_buffer("name_cols", torch.tensor([p for ps in name_pos for p in ps], dtype=torch.long, device=device), persistent=False)
 
         width = emb.shape[1]
-        if init_ids is not None:
-            init = model.token_embedding(init_ids.to(device)).detach().clone()  # (n_ctx, D)
+        if design.ctx_init:
+            # The first n_ctx tokens of the phrase learn (one per word); a word of several
+            # tokens leaves its later tokens, and those of the words after it, fixed in the
+            # prompt after the context, as in CoOp.
+            init = sentence_emb[0, 1 : 1 + n_ctx].clone()  # (n_ctx, D)
             # CSC with a phrase copies the phrase into every class (the released code ignores CSC here).
             ctx = init.unsqueeze(0).repeat(n_classes, 1, 1) if design.csc else init
         else:

@@ -241,7 +241,9 @@ class PromptedViT(nn.Module):
 
     Without a pool it is single-stage VPT-deep. In stage 2 the query is the
     stage-1 feature (shared prompts only); the pool's averaged prompts join
-    the shared ones in blocks split_block .. L-1.
+    the shared ones in blocks split_block .. L-1. In training mode the
+    feature passes dropout (`feature_dropout`, LPT's release: 0.1) before
+    the classifier; the query never does, as in the release.
     """
 
     def __init__(
@@ -253,9 +255,13 @@ class PromptedViT(nn.Module):
         pool_size: int = 0,
         top_k: int = 1,
         split_block: int | None = None,
+        feature_dropout: float = 0.0,
     ):
         super().__init__()
         self.tower = tower
+        if not 0 <= feature_dropout < 1:
+            raise ValueError(f"feature_dropout must be in [0, 1), got {feature_dropout}")
+        self.feature_dropout = feature_dropout
         depth, width = tower.depth, tower.width
         self.split_block = depth // 2 if split_block is None else split_block
         if not 0 <= self.split_block < depth:
@@ -271,11 +277,22 @@ class PromptedViT(nn.Module):
     def _shared(self, batch: int) -> list[torch.Tensor]:
         return [p.expand(batch, -1, -1) for p in self.shared]
 
-    def forward(self, pixels: torch.Tensor, use_pool: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def dropout(self, features: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """LPT's Dropout before the classifier, in training mode only; the mask comes from `generator` (CPU)."""
+        p = self.feature_dropout
+        if not self.training or p == 0:
+            return features
+        keep = torch.rand(features.shape, generator=generator) >= p
+        return features * keep.to(features.device, features.dtype) / (1 - p)
+
+    def forward(
+        self, pixels: torch.Tensor, use_pool: bool = False, dropout_generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(cosine logits (B, C), key loss); the key loss is 0 without the pool."""
         shared = self._shared(len(pixels))
         if not use_pool:
-            return self.classifier(self.tower(pixels, shared)), torch.zeros((), device=pixels.device)
+            features = self.dropout(self.tower(pixels, shared), dropout_generator)
+            return self.classifier(features), torch.zeros((), device=pixels.device)
         if self.pool is None:
             raise ValueError("this model has no prompt pool (pool_size = 0)")
         k = self.split_block
@@ -286,7 +303,8 @@ class PromptedViT(nn.Module):
             query = self.tower.head(self.tower.run_blocks(prefix, shared[k:], k))
         group, key_loss, _ = self.pool.select(query)
         tail = [torch.cat([p, group[:, j]], dim=1) for j, p in enumerate(shared[k:])]
-        return self.classifier(self.tower.head(self.tower.run_blocks(prefix, tail, k))), key_loss
+        features = self.dropout(self.tower.head(self.tower.run_blocks(prefix, tail, k)), dropout_generator)
+        return self.classifier(features), key_loss
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Everything but the frozen tower: what a checkpoint needs."""
