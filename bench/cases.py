@@ -281,6 +281,136 @@ def default_study_overhead() -> dict:
     }
 
 
+TINY_TRIAL = "method: coop\nbackbone: world:tiny-rn\ndataset: world:shapes\ntrain: {epochs: 1, augment: false}\n"
+HEAVY_MODULES = ("torch", "torchvision", "open_clip", "timm", "ray", "polars", "pyarrow")
+
+
+def _import_seconds(importtime_log: str) -> dict[str, float]:
+    """Cumulative import seconds of each heavy package from `python -X importtime` output (0 when not imported)."""
+    seconds = dict.fromkeys(HEAVY_MODULES, 0.0)
+    total = 0.0
+    for line in importtime_log.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split("|")
+        if not cumulative.strip().isdigit():
+            continue  # the header line
+        depth = len(name) - len(name.lstrip())
+        name = name.strip()
+        if name in seconds and not seconds[name]:  # its first, outermost import holds the whole cost
+            seconds[name] = int(cumulative) / 1e6
+        if depth == 1:
+            total += int(cumulative) / 1e6
+    return {**{k: round(v, 2) for k, v in seconds.items()}, "all": round(total, 2)}
+
+
+def _fresh_ptlab(args: list[str], env: dict[str, str] | None = None) -> tuple[float, dict[str, float], str]:
+    """Wall seconds, import seconds by package and stdout of one fresh `python -m ptlab ...` process."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "ptlab", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, check=True)
+    return time.perf_counter() - start, _import_seconds(done.stderr), done.stdout
+
+
+def trial_startup() -> dict:
+    """What a fresh trial process spends before and around its recipe: `ptlab trial run` of a 1-epoch tiny CoOp trial.
+
+    The feature cache is filled by a first run, so the measured runs spend
+    their recipe time training, not encoding; start-up is wall time less the
+    recipe time the record holds (imports, backbone load, provenance, exit).
+    """
+    import json
+
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        config, record = Path(tmp) / "trial.yaml", Path(tmp) / "record.json"
+        config.write_text(TINY_TRIAL)
+        args = ["trial", "run", "-c", str(config), "-o", str(record), "--quiet"]
+        env = {"PTLAB_CACHE": str(Path(tmp) / "cache")}
+        _fresh_ptlab(args, env)
+        for _ in range(3):
+            wall, imports, _ = _fresh_ptlab(args, env)
+            recipe = json.loads(record.read_text())["timings"]["recipe_s"]
+            runs.append((wall - recipe, wall, imports))
+    startup, wall, imports = sorted(runs, key=lambda r: r[0])[1]
+    return {
+        "value": round(startup, 2), "unit": "s", "target": "<= 5 s", "met": startup <= 5, "wall_s": round(wall, 2),
+        "import_s": imports,
+        "note": f"fresh `ptlab trial run`: {startup:.2f} s outside the recipe of a {wall:.1f} s trial; imports "
+                f"{imports['all']:.2f} s (torch {imports['torch']:.2f}, open_clip {imports['open_clip']:.2f}, "
+                f"ray {imports['ray']:.2f}); median of 3",
+    }
+
+
+def study_status() -> dict:
+    """`ptlab study status` of a finished 4-trial grid, in a fresh process; it must import neither torch nor Ray."""
+    from ptlab.study.spec import validate_study
+
+    spec = validate_study({
+        "name": "status", "method": "coop", "backbone": "world:tiny-rn", "dataset": "world:shapes", "shots": 2,
+        "train": {"epochs": 1, "views": 1, "batch_size": 8}, "runner": "inline", "factors": {"loss": ["ce", "gce"]},
+        "seeds": [1, 2],
+    })
+    with tempfile.TemporaryDirectory() as tmp, _ray_cluster() as connection:
+        _run_study(spec, Path(tmp), connection)
+        runs = [_fresh_ptlab(["study", "status", tmp]) for _ in range(3)]
+    wall, imports, shown = sorted(runs, key=lambda r: r[0])[1]
+    heavy = [name for name in ("torch", "ray") if imports[name]]
+    return {
+        "value": round(wall, 2), "unit": "s", "target": "<= 1 s, no torch/ray", "met": wall <= 1 and not heavy,
+        "import_s": imports, "shows_trials": "4/4 finished" in shown,
+        "note": f"fresh `ptlab study status`: {wall:.2f} s, imports {imports['all']:.2f} s "
+                f"({', '.join(heavy) or 'no torch, no ray'} imported); median of 3",
+    }
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def reused_worker_rss(trials: int, epochs: int) -> list[float]:
+    """Resident memory (MB) of one process after each of `trials` noise-grid trials run through the inline runner's code.
+
+    Runs in the process that calls it; `worker_memory` calls it in a fresh one.
+    """
+    import gc
+
+    from ptlab.study.spec import load_study
+    from ptlab.study.trial import TrialPlan, execute
+
+    spec = load_study(Path(__file__).resolve().parents[1] / "studies" / "noise_grid.yaml")
+    configs = [t.config.with_updates({"train.epochs": epochs}) for t in spec.trials()][:trials]
+    rss = []
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = TrialPlan(tmp, {}, "inline", 1, 0, 1, stream_epochs=False)
+        for i, cfg in enumerate(configs):
+            execute(cfg, plan.files(f"t{i}"), plan, send=lambda row: None, writer=True)
+            gc.collect()
+            rss.append(round(_rss_mb(), 1))
+    return rss
+
+
+def worker_memory() -> dict:
+    """Memory of a reused inline worker over the 32 trials of the default study (2 epochs each), in a fresh process."""
+    import json
+
+    trials = 32
+    code = f"import json; from bench.cases import reused_worker_rss; print(json.dumps(reused_worker_rss({trials}, 2)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    rss = json.loads(done.stdout.splitlines()[-1])
+    growth = rss[-1] - rss[3]
+    return {
+        "value": round(growth), "unit": "MB", "target": "<= 50 MB", "met": growth <= 50, "rss_mb": rss,
+        "after_4_mb": rss[3], "after_32_mb": rss[-1],
+        "note": f"one process, {trials} noise-grid trials: {rss[3]:.0f} MB after 4, {rss[-1]:.0f} MB after {trials} "
+                f"(growth {growth:+.0f} MB)",
+    }
+
+
 CASES = {
     "coop_epoch_speedup": coop_epoch_speedup,
     "eot_truncation_speedup": eot_truncation_speedup,
@@ -288,4 +418,7 @@ CASES = {
     "feature_cache_reuse": feature_cache_reuse,
     "trial_overhead": trial_overhead,
     "default_study_overhead": default_study_overhead,
+    "trial_startup": trial_startup,
+    "study_status": study_status,
+    "worker_memory": worker_memory,
 }

@@ -39,6 +39,7 @@ def trial_run(
     from ptlab.config import ConfigError, load_trial_config
     from ptlab.methods import run_trial
     from ptlab.methods.base import TrialContext
+    from ptlab.resources import size_torch_threads
 
     try:
         cfg = load_trial_config(config)
@@ -53,6 +54,7 @@ def trial_run(
     ctx = TrialContext.for_config(cfg, report=report, log=lambda m: None if quiet else typer.echo(m))
     if cache_dir:
         ctx.cache_dir = cache_dir
+    size_torch_threads()
     record = run_trial(cfg, ctx)
     typer.echo(f"trial {record.trial_id}  method {cfg.method}  status {record.status}")
     for key, value in record.metrics.items():

@@ -7,10 +7,15 @@ taken. Accuracies are fractions in [0, 1], not percentages.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+import sys
+from typing import TYPE_CHECKING
 
-ArrayLike = np.ndarray | torch.Tensor | list
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    ArrayLike = np.ndarray | torch.Tensor | list
 
 MANY_SHOT_ABOVE = 100  # a class with more than 100 training images is many-shot
 # 20 or fewer is few-shot, 21 to 100 medium: LPT's released logging, which the
@@ -21,7 +26,9 @@ SHOT_GROUPS = ("many", "medium", "few")
 
 
 def as_numpy(values: ArrayLike) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
+    # Without torch loaded no tensor can exist: numpy-only callers (reports, the study driver) never import it.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(values, torch.Tensor):
         values = values.detach().cpu()
         # numpy has no bfloat16
         return (values.float() if values.dtype == torch.bfloat16 else values).numpy()

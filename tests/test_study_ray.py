@@ -157,7 +157,7 @@ def test_upl_grid_stores_its_seed_ensemble_once(cluster, tmp_path):
     The shipped tiny CLIP, not a random one: members at chance level would be flagged and left out of ensembles.
     """
     from ptlab.report.html import build_report
-    from ptlab.study.progress import study_status
+    from ptlab.study.status import study_status
     from ptlab.study.store import ResultStore
     from ptlab.study.tuner import run_study
 

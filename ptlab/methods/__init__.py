@@ -7,6 +7,7 @@ import traceback
 
 from ptlab.config import TrialConfig
 from ptlab.methods.base import STATUS_FAILED, Timer, TrialContext, TrialRecord, provenance
+from ptlab.resources import resident_mb
 
 # name -> module whose `run(cfg, ctx) -> TrialRecord` is the recipe; modules load
 # on first use so that `ptlab --help` and study validation stay fast.
@@ -67,6 +68,8 @@ def recipe(name: str):
 
 def run_trial(cfg: TrialConfig, ctx: TrialContext | None = None, catch: bool = False) -> TrialRecord:
     """Run one trial; with catch=True an exception becomes a failed record instead of propagating."""
+    import torch
+
     ctx = ctx or TrialContext.for_config(cfg)
     timer = Timer()
     try:
@@ -86,5 +89,7 @@ def run_trial(cfg: TrialConfig, ctx: TrialContext | None = None, catch: bool = F
             error=f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}",
         )
     record.timings.setdefault("recipe_s", round(timer.elapsed(), 3))
+    # what the recipe time was measured with, and what a reused worker holds after it
+    record.timings.update(threads=torch.get_num_threads(), rss_mb=resident_mb())
     record.provenance = provenance()
     return record

@@ -8,6 +8,10 @@ Sources:
   MODEL:/path.pt    open_clip architecture with a bare state-dict file
   local-dir:PATH    open_clip_config.json + weights in a folder
   ckpt:PATH         a self-describing ptlab checkpoint {"model_cfg", "state_dict"}
+
+open_clip (which imports torchvision and timm: seconds) and torch are imported
+where a model is built, so that study validation, which needs only the names
+here, does not pay for them.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import open_clip
-import torch
-from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+if TYPE_CHECKING:
+    import open_clip
+    import torch
 
 WORLD_ASSETS = Path(__file__).resolve().parent.parent / "world" / "assets"
 WORLD_BACKBONES = ("tiny-vit", "tiny-rn")
@@ -44,10 +49,14 @@ class Backbone:
 
     @property
     def is_vit(self) -> bool:
+        import open_clip.transformer
+
         return isinstance(self.model.visual, open_clip.transformer.VisionTransformer)
 
     @property
     def is_resnet(self) -> bool:
+        import open_clip.modified_resnet
+
         return isinstance(self.model.visual, open_clip.modified_resnet.ModifiedResNet)
 
     @property
@@ -63,6 +72,8 @@ class Backbone:
 
 
 def _close_matches(name: str) -> str:
+    import open_clip
+
     candidates = [f"world:{n}" for n in WORLD_BACKBONES] + open_clip.list_models()
     near = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
     return ", ".join(near) if near else "see `open_clip.list_models()`"
@@ -103,6 +114,8 @@ def _checked_file(path: Path, what: str) -> Path:
 
 
 def _create(model_name: str, pretrained: str | None, precision: str, quick_gelu: bool, source: str):
+    import open_clip
+
     try:
         return open_clip.create_model(
             model_name, pretrained=pretrained, precision=precision, force_quick_gelu=quick_gelu, cache_dir=_cache_dir()
@@ -144,6 +157,9 @@ def _load_local_dir(folder: Path, precision: str, source: str) -> tuple[open_cli
 
 
 def _load_ckpt(path: Path, precision: str, source: str) -> tuple[open_clip.CLIP, dict]:
+    import open_clip
+    import torch
+
     _checked_file(path, f"backbone {source!r}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -162,6 +178,9 @@ def _load_ckpt(path: Path, precision: str, source: str) -> tuple[open_clip.CLIP,
 
 
 def _load_open_clip(model_name: str, tag: str, precision: str, source: str) -> tuple[open_clip.CLIP, dict]:
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
     cfg = open_clip.get_model_config(model_name)
     if cfg is None:
         raise BackboneError(f"unknown backbone {model_name!r} in {source!r}; close matches: {_close_matches(model_name)}")
@@ -212,5 +231,7 @@ def load_backbone(source: str, device: str | torch.device = "cpu", precision: st
     model.eval().requires_grad_(False)
     image_size = cfg["vision_cfg"]["image_size"]
     image_size = image_size if isinstance(image_size, int) else image_size[0]
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tokenizer = SimpleTokenizer(context_length=model.context_length)
     return Backbone(source, model, tokenizer, image_size, model_cfg=cfg).to(device)

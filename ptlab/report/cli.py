@@ -10,9 +10,6 @@ from pathlib import Path
 
 import typer
 
-from ptlab.report.dashboard import DashboardError
-from ptlab.report.html import build_report
-
 app = typer.Typer(help="Build a study's HTML report from its stored results (never trains).")
 
 
@@ -25,6 +22,10 @@ def report(
     open_: bool = typer.Option(False, "--open", help="Open the report in the default browser."),
 ) -> None:
     """Write STUDY_DIR/report/index.html (self-contained, opens offline) and its CSV/Markdown tables."""
+    # imported here: every `ptlab` command mounts this one, and the report's imports cost most of a second
+    from ptlab.report.dashboard import DashboardError
+    from ptlab.report.html import build_report
+
     try:
         page = build_report(study_dir, dashboard)
     except (DashboardError, FileNotFoundError) as err:

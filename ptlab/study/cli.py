@@ -94,7 +94,7 @@ def _execute(spec, study_dir: Path, address: str | None, cpus: int | None, resum
 def _summarise(spec, study_dir: Path) -> None:
     from rich.console import Console
 
-    from ptlab.study.progress import render_status, study_status
+    from ptlab.study.status import render_status, study_status
 
     Console().print(render_status(study_status(study_dir)))
     typer.echo(f"results: {study_dir / 'results.parquet'}, curves: {study_dir / 'curves.parquet'}")
@@ -153,7 +153,7 @@ def status(study_dir: Path = typer.Argument(..., help="Study folder.")):
     """Trials done, running, failed and pruned; best so far; time spent."""
     from rich.console import Console
 
-    from ptlab.study.progress import render_status, study_status
+    from ptlab.study.status import render_status, study_status
 
     if not (study_dir / "study.yaml").is_file():
         _fail(f"{study_dir}: not a study folder (no study.yaml)")

@@ -2,7 +2,8 @@
 
 The running driver keeps `progress.json` in the study folder up to date
 (trials running, best so far, elapsed time, a heartbeat), so `status` can
-tell a live study from an interrupted one without talking to Ray.
+tell a live study from an interrupted one without talking to Ray; reading
+and rendering it is ptlab.study.status, which imports no Ray.
 """
 
 from __future__ import annotations
@@ -20,34 +21,18 @@ from typing import Any
 from ray import tune
 
 from ptlab.methods.base import STATUS_COMPLETED
+from ptlab.study.status import PROGRESS, clock, read_json, render_status
 from ptlab.study.store import ResultStore
 from ptlab.study.trial import FINAL, TrialPlan, atomic_write
 
-PROGRESS = "progress.json"
 DRIVER = "driver.json"  # who drives the study in this run: written before Tune starts
 HEARTBEAT_S = 2.0
-STALE_S = 30.0  # a heartbeat this old means no driver is running the study
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def write_driver(study_dir: Path, dashboard_url: str | None, slots: int) -> None:
     info = {"pid": os.getpid(), "host": socket.gethostname(), "dashboard_url": dashboard_url,
             "slots": slots, "started_at": time.time()}
     atomic_write(study_dir / DRIVER, json.dumps(info).encode())
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 class Progress(tune.Callback):
@@ -63,8 +48,8 @@ class Progress(tune.Callback):
 
     def setup(self, **info) -> None:
         study_dir = Path(self.plan.study_dir)
-        self.driver = _read_json(study_dir / DRIVER)
-        before = _read_json(study_dir / PROGRESS)
+        self.driver = read_json(study_dir / DRIVER)
+        before = read_json(study_dir / PROGRESS)
         self.elapsed_before = float(before.get("elapsed_s", 0)) if before.get("run_started") != self.driver.get("started_at") else 0.0
         self.started = time.time()
         self.running: dict[str, float] = {}
@@ -188,78 +173,8 @@ class Progress(tune.Callback):
         s = self._snapshot("running")
         best = f"{s['best']['value']:.2f}" if s["best"] else "-"
         return (f"[{s['done']}/{s['planned']}] trial {key} ended | cells {s['cells_done']}/{s['cells']} | "
-                f"running {len(s['running'])} | best {s['metric']} {best} | elapsed {_clock(s['elapsed_s'])} | "
-                f"ETA {_clock(s['eta_s'])}")
+                f"running {len(s['running'])} | best {s['metric']} {best} | elapsed {clock(s['elapsed_s'])} | "
+                f"ETA {clock(s['eta_s'])}")
 
     def _table(self):
         return render_status(getattr(self, "snapshot", None) or self._snapshot("running"))
-
-
-def render_status(s: dict[str, Any]):
-    """A rich table of one progress snapshot."""
-    from rich.table import Table
-
-    table = Table(title=f"study {s['name']} — {s['state']}", show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
-    counts = ", ".join(f"{n} {k}" for k, n in sorted(s["counts"].items())) or "none yet"
-    table.add_row("trials", f"{s['done']}/{s['planned']} finished ({counts})")
-    table.add_row("cells", f"{s['cells_done']}/{s['cells']} done")
-    table.add_row("running", str(len(s["running"])))
-    best = s.get("best")
-    table.add_row(f"best {s['metric']}", f"{best['value']:.2f} (trial {best['trial']})" if best else "-")
-    table.add_row("elapsed", _clock(s["elapsed_s"]))
-    table.add_row("ETA", _clock(s.get("eta_s")) if s["state"] == "running" else "-")
-    if s.get("dashboard_url") and s["state"] == "running":
-        table.add_row("dashboard", s["dashboard_url"])
-    return table
-
-
-def _driver_alive(progress: dict[str, Any]) -> bool:
-    if time.time() - float(progress.get("heartbeat", 0)) > STALE_S:
-        return False
-    if progress.get("host") == socket.gethostname() and progress.get("pid"):
-        try:
-            os.kill(int(progress["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # alive, someone else's
-            pass
-    return True
-
-
-def study_status(study_dir: Path) -> dict[str, Any]:
-    """What `ptlab study status` shows: stored results, and the driver's last snapshot if any."""
-    from ptlab.study.spec import load_study
-
-    spec = load_study(study_dir / "study.yaml")
-    progress = _read_json(study_dir / PROGRESS)
-    df = ResultStore(study_dir).results()
-    counts = dict(zip(*df["status"].value_counts().to_dict(as_series=False).values(), strict=True)) if df.height else {}
-    metric = spec.search.metric if spec.search else "test_acc"
-    best = None
-    if df.height and metric in df.columns:
-        ok = df.filter((df["status"] == STATUS_COMPLETED) & df[metric].is_not_null())
-        if ok.height:
-            row = ok.sort(metric, descending=(spec.search is None or spec.search.mode == "max")).row(0, named=True)
-            best = {"value": row[metric], "trial": row["tune_trial_id"]}
-    state = progress.get("state", "not started")
-    if state == "running" and not _driver_alive(progress):
-        state = "interrupted"
-    cells_done = (int((df.group_by("cell_id").len()["len"] >= len(spec.seeds)).sum()) if df.height else 0) \
-        if not spec.search else sum(counts.values())
-    return {
-        "state": state,
-        "name": spec.name,
-        "planned": spec.n_planned(),
-        "done": sum(counts.values()),
-        "counts": counts,
-        "cells_done": cells_done,
-        "cells": spec.n_cells(),
-        "running": progress.get("running", []) if state == "running" else [],
-        "best": best,
-        "metric": metric,
-        "elapsed_s": progress.get("elapsed_s", 0.0),
-        "eta_s": progress.get("eta_s"),
-        "dashboard_url": progress.get("dashboard_url"),
-    }

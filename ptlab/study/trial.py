@@ -166,12 +166,11 @@ def execute(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan, send: Callable
     because Ray Train's report is a collective call. The final result is
     sent by `run_trial_fn` from the record, for both runners.
     """
-    import torch
-
     from ptlab.methods import run_trial
     from ptlab.methods.base import TrialContext, pick_device
+    from ptlab.resources import size_torch_threads
 
-    torch.set_num_threads(max(1, int(plan.cpu)))
+    size_torch_threads(plan.cpu)
     files.folder.mkdir(parents=True, exist_ok=True)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
