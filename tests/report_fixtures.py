@@ -48,6 +48,7 @@ def trial_row(config: dict[str, Any], metrics: dict[str, Any], status: str = "co
     return {
         "trial_id": cfg.trial_id,
         "cell_id": cfg.with_updates({"seed": 0}).trial_id,
+        "tune_trial_id": f"tune-{cfg.trial_id}",
         "status": status,
         "error": error,
         **_flatten(cfg.canonical()),

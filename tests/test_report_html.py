@@ -37,17 +37,68 @@ def test_report_is_one_self_contained_file(grid_report):
     rest = page.replace(bundle, "")
     assert "http" not in rest and "<script src" not in rest
     # Every figure of robustness.yaml, none skipped.
-    assert page.count('class="plotly-graph-div"') == 5 and "Not shown" not in page
+    assert page.count('class="plotly-graph-div"') == 5 and 'id="not-applicable"' not in page
 
 
 def test_report_shows_summary_exclusions_spec_and_tables(grid_report):
     page = grid_report.read_text()
     assert 'data-report-state="complete"' in page and "all 72 planned trials" in page
-    assert "<td>82.00 ± 2.48</td>" in page
+    assert '<td class="best">82.00 ± 2.48</td>' in page and "<td>80.00 ± 2.48</td>" in page
     assert "seed 2 failed; seed 3 flagged_nan" in page and "RuntimeError: CUDA out of memory" in page
     assert "Robustness to label noise</h2>" in page
     assert "planned_trials: 72" in page
-    assert {p.name for p in grid_report.parent.iterdir()} == {"index.html", "cells.csv", "robustness.csv", "summary.md"}
+    assert {p.name for p in grid_report.parent.iterdir()} == {
+        "index.html", "cells.csv", "robustness.csv", "summary.md", "summary.tex"
+    }
+
+
+def test_summary_holds_factors_primary_metrics_and_n_and_details_the_rest(grid_report):
+    page = grid_report.read_text()
+    summary = page[page.index('id="summary"'):page.index('id="figures"')]
+    head = summary[summary.index("<thead>"):summary.index("</thead>")]
+    columns = [c.split("</th>")[0] for c in head.split("<th>")[1:]]
+    assert columns == ["noise_type", "noise_rate", "loss", "n_ctx", "n", "test_acc", "test_macro_acc", "val_acc",
+                       "grad_ratio", "excluded (not in the mean)"]
+    # The zero-shot reference is the first row.
+    assert '<tr class="reference"><td>zero-shot CLIP</td>' in summary and "<td>45.00</td>" in summary
+    details = page[page.index('id="details"'):page.index('id="overview"')]
+    # Timings are means alone: every trial ran 30 s.
+    assert "wall_s" in details and "<td>30.00</td>" in details and "30.00 ±" not in details
+    assert page.count("Student t") == 1  # the method is stated once
+
+
+def test_figures_with_nothing_to_draw_are_listed_once_at_the_bottom(tmp_path):
+    rows = [
+        fx.trial_row({"noise_type": "symmetric", "noise_rate": rate, "loss": loss, "seed": seed}, {"test_acc": 70.0 - 20 * rate + seed})
+        for rate in (0.0, 0.5) for loss in ("ce", "gce") for seed in (1, 2, 3)
+    ]
+    page = build_report(fx.write_study(tmp_path / "s", {"name": "s", "planned_trials": 12}, rows)).read_text()
+    assert "Not shown" not in page and page.count('id="not-applicable"') == 1
+    missing = page[page.index('id="not-applicable"'):page.index('id="spec"')]
+    assert "Robustness surface: y: n_ctx / gce_q / shots / train.lr / train.epochs / backbone does not vary" in missing
+    assert "Noisy/clean gradient-norm ratio vs noise rate: no values for grad_ratio" in missing
+    assert "summary columns test_macro_acc, val_acc, grad_ratio: no values in these results" in missing
+    assert "Not in these results" not in page
+    # Drawn: the test-accuracy curve (headline), the heatmap; the learning curves need curves.parquet.
+    assert page.count('class="plotly-graph-div"') == 2
+
+
+def test_banner_reads_the_status_that_study_status_reads(tmp_path):
+    import json
+    import os
+    import socket
+    import time
+
+    folder = fx.noise_grid(tmp_path / "grid", keep=30)
+    progress = {"state": "running", "running": ["t1", "t2"], "eta_s": 300.0, "heartbeat": time.time(),
+                "pid": os.getpid(), "host": socket.gethostname(), "elapsed_s": 60.0}
+    (folder / "progress.json").write_text(json.dumps(progress))
+    page = build_report(folder).read_text()
+    assert "Running: 30 of 72 planned trials have results, 2 running, about 5 min to go" in page
+    (folder / "progress.json").write_text(json.dumps(progress | {"heartbeat": time.time() - 3600}))
+    page = build_report(folder).read_text()
+    assert "Partial report: 30 of 72 planned trials have results. The study was interrupted" in page
+    assert f"ptlab study resume {folder}" in page
 
 
 def test_partial_study_is_marked_partial(tmp_path):
@@ -71,7 +122,7 @@ def test_cli_builds_with_a_dashboard_override(tmp_path):
     assert result.exit_code == 0, result.output
     page = (folder / "report" / "index.html").read_text()
     assert str(folder / "report" / "index.html") in result.output
-    assert "Hyperparameter search" in page and "no Optuna storage" in page
+    assert "Hyperparameter search" in page and "no Optuna storage (optuna.db or journal.log)" in page
 
 
 def test_cli_reports_a_bad_dashboard(tmp_path):

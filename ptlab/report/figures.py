@@ -576,7 +576,7 @@ def _trial_curves(spec: dash.LearningCurves, study: StudyResults) -> go.Figure:
     by = colour or "status"
     curves = _curves_with_status(spec, study, [by])
     values = sorted(curves[by].unique().to_list(), key=str)
-    fig = go.Figure()
+    fig = make_subplots(1, 1)
     shown: set[Any] = set()
     for (trial_id,), trial in curves.partition_by("trial_id", maintain_order=True, as_dict=True).items():
         group = trial[by][0]

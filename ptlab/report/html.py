@@ -267,8 +267,7 @@ def _page(
         f'<p class="sub">{escape(board.title)}. {escape(board.description)}</p>',
         _banner(study),
         f'<p class="uncertainty" id="uncertainty">{escape(UNCERTAINTY)}</p>',
-        '<nav><a href="#summary">Summary</a><a href="#figures">Figures</a><a href="#details">Details</a>'
-        '<a href="#overview">Overview</a><a href="#spec">Study spec</a></nav>',
+        "<nav>{nav}</nav>",
         # The dashboard's first figure is its headline: on the first screen, above the table.
         *(_figure(i, f) for i, f in drawn[:1]),
         '<h2 id="summary">Summary</h2>',
@@ -292,6 +291,11 @@ def _page(
         sections += [f"<h2>Excluded trials ({excluded.height})</h2>", _table(excluded, wrap=("error",))]
     sections += ['<h2 id="overview">Overview</h2>', _overview(study, board_path)]
     sections.append(_not_applicable(board, study, figures))
+    anchors = [("summary", "Summary"), ("figures", "Figures"), ("details", "Details"), ("overview", "Overview"),
+               ("not-applicable", "Not applicable"), ("spec", "Study spec")]
+    present = "".join(sections)
+    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in anchors if a == "spec" or f'id="{a}"' in present)
+    sections = [part.replace("<nav>{nav}</nav>", f"<nav>{nav}</nav>") for part in sections]
     links = " · ".join(f'<a href="{escape(p.name)}">{escape(p.name)}</a>' for p in tables)
     sections += [
         '<h2 id="spec">Study spec</h2>',
