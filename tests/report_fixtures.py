@@ -309,3 +309,14 @@ def upl_study(folder: Path) -> Path:
     rows = pl.concat([trials, pl.DataFrame(ensembles)], how="diagonal_relaxed")
     rows.write_parquet(folder / "results.parquet")
     return folder
+
+
+# Each shipped dashboard with the fixture that holds the columns it draws from.
+DASHBOARD_FIXTURES = {
+    "robustness": noise_grid,
+    "search": search_study,
+    "ueo": ueo_study,
+    "lpt": lpt_study,
+    "upl": upl_study,
+    "gradient_ratio": grad_ratio_study,
+}

@@ -161,6 +161,8 @@ def _overview(study: StudyResults, board_path: Path) -> str:
     if not study.references.is_empty():
         items.append(("reference", f"{study.references.height} zero-shot trial(s) of the same backbone, data and template"))
     items.append(("dashboard", str(board_path)))
+    if study.optuna_storage() is not None:
+        items.append(("Optuna storage", str(study.optuna_storage())))
     if "wall_s" in study.trials.columns:
         items.append(("compute time", f"{study.trials['wall_s'].sum() / 3600:.2f} trial-hours"))
     for column in PROVENANCE:
