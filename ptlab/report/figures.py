@@ -346,7 +346,7 @@ def _surface(spec: dash.Surface, study: StudyResults, cells: pl.DataFrame) -> go
                 cmax=hi,
                 colorscale="Viridis",
                 showscale=i == 0,
-                colorbar={"title": {"text": z}},
+                colorbar={"title": {"text": _label(z)}},
                 hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y}}<br>{z}=%{{z:.2f}} ± %{{customdata:.2f}}<extra></extra>",
             ),
             *_position(i, cols),
@@ -354,7 +354,7 @@ def _surface(spec: dash.Surface, study: StudyResults, cells: pl.DataFrame) -> go
     fig.update_scenes(
         xaxis_title_text=x,
         yaxis_title_text=y,
-        zaxis_title_text=z,
+        zaxis_title_text=_label(z),
         zaxis_range=[lo, hi],  # one height scale, so surfaces compare at a glance
         camera_eye={"x": 1.6, "y": -1.6, "z": 1.0},
     )
