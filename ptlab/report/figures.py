@@ -506,9 +506,11 @@ def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.D
     t = pl.col("n").replace_strict({n: t_critical(n - 1) for n in counts}, default=None, return_dtype=pl.Float64)
     stats = stats.with_columns((t * pl.col("std") / pl.col("n").sqrt()).alias("ci"))
     panels = _groups(curves, panel_by)
-    rows, cols = _panel_grid(len(panels))
+    # Small multiples: many panels get smaller, four to a row, so a large grid stays one screenful per few rows.
+    many = len(panels) > 2 * PANEL_COLUMNS
+    rows, cols = _panel_grid(len(panels), per_row=PANEL_COLUMNS + many)
     fig = make_subplots(rows, cols, subplot_titles=[p for p, _ in panels], shared_yaxes=True,
-                        horizontal_spacing=0.05, vertical_spacing=0.12 if rows > 1 else 0.1)
+                        horizontal_spacing=0.04, vertical_spacing=min(0.12, 0.5 / rows))
     values = sorted(curves[colour].unique().to_list(), key=str) if colour else [None]
     shown: set[str] = set()
     for i, (_, panel) in enumerate(panels):
@@ -567,7 +569,7 @@ def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.D
         _reference_traces(fig, references, panel["epoch"].unique().to_list(), row, col, shown)
     fig.update_xaxes(title_text="epoch", row=rows)
     fig.update_yaxes(title_text=f"{_label(y)}, mean", col=1)
-    fig.update_layout(height=rows * PANEL_HEIGHT + 80, legend_title_text=colour or "")
+    fig.update_layout(height=rows * (PANEL_HEIGHT - 120 * many) + 80, legend_title_text=colour or "")
     return fig
 
 
