@@ -44,7 +44,8 @@ def test_watch_refreshes_until_the_driver_finishes(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert sleeps == [0.5, 0.5]
     assert seen == [("running", 30), ("running", 30), ("finished", 72)]
-    # Off a terminal, the live view leaves its last table.
+    # Off a terminal, the table is printed again only when it changed.
+    assert result.output.count("study grid — running") == 1 and "30/72 finished" in result.output
     assert "study grid — finished" in result.output and "72/72 finished" in result.output
 
 

@@ -155,19 +155,30 @@ def watch(
 ):
     """Follow a study live, from any terminal: the status the report's banner shows, until no driver runs it."""
     import time
+    from contextlib import nullcontext
 
+    from rich.console import Console
     from rich.live import Live
 
     from ptlab.study.progress import render_status, study_status
 
     if not (study_dir / "study.yaml").is_file():
         _fail(f"{study_dir}: not a study folder (no study.yaml)")
-    summary = study_status(study_dir)
-    with Live(render_status(summary), auto_refresh=False) as live:
-        while summary["state"] == "running":
+    console = Console()
+    summary, printed = study_status(study_dir), None
+    # In a terminal the table redraws in place; piped to a file, it is printed again whenever a trial ends.
+    with Live(console=console, auto_refresh=False) if console.is_terminal else nullcontext() as live:
+        while True:
+            if live is not None:
+                live.update(render_status(summary), refresh=True)
+            elif printed != (summary["state"], summary["done"]):
+                console.print(render_status(summary))
+                console.file.flush()
+                printed = (summary["state"], summary["done"])
+            if summary["state"] != "running":
+                break
             time.sleep(every)
             summary = study_status(study_dir)
-            live.update(render_status(summary), refresh=True)
     if summary["state"] == "interrupted":
         typer.echo(f"no driver is running this study; continue it with: ptlab study resume {study_dir}")
 
