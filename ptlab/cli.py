@@ -6,9 +6,15 @@ import json
 from pathlib import Path
 
 import typer
+import typer.core
 
 from ptlab.report.cli import report as report_command
 from ptlab.study.cli import app as study_app
+
+# Typer's help writes a value type after every option, `--open <bool>` and `--help <bool>` too; a flag takes
+# no value, so it shows none.
+_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
 
 app = typer.Typer(no_args_is_help=True, help="Robustness and hyperparameter studies of prompt tuning on CLIP models.")
 trial_app = typer.Typer(no_args_is_help=True, help="Run one trial without Ray (the debugging path).")

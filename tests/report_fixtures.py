@@ -48,6 +48,7 @@ def trial_row(config: dict[str, Any], metrics: dict[str, Any], status: str = "co
     return {
         "trial_id": cfg.trial_id,
         "cell_id": cfg.with_updates({"seed": 0}).trial_id,
+        "tune_trial_id": f"tune-{cfg.trial_id}",
         "status": status,
         "error": error,
         **_flatten(cfg.canonical()),
@@ -57,6 +58,14 @@ def trial_row(config: dict[str, Any], metrics: dict[str, Any], status: str = "co
         "epochs_done": 5,
         **PROVENANCE,
     }
+
+
+ZERO_SHOT_ACC = 45.0  # the zero-shot reference of noise_grid, below every trained cell but the noisiest CE ones
+
+
+def reference_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict:
+    """A zero-shot reference row as ptlab.study.reference stores it: a trial row marked `reference`."""
+    return trial_row({"method": "zeroshot", **config}, metrics) | {"reference": "zeroshot"}
 
 
 def curve_rows(trial_id: str, final: dict[str, float], epochs: int) -> list[dict]:
@@ -130,6 +139,9 @@ def noise_grid(folder: Path, keep: int | None = None) -> Path:
         rows = rows[:keep]
         kept = {r["trial_id"] for r in rows}
         curves = [c for c in curves if c["trial_id"] in kept]
+    else:
+        zero_shot = {"test_acc": ZERO_SHOT_ACC, "test_macro_acc": ZERO_SHOT_ACC - 1.0, "val_acc": ZERO_SHOT_ACC + 1.0}
+        rows.append(reference_row({}, zero_shot))
     return write_study(folder, spec, rows, curves)
 
 
@@ -297,3 +309,14 @@ def upl_study(folder: Path) -> Path:
     rows = pl.concat([trials, pl.DataFrame(ensembles)], how="diagonal_relaxed")
     rows.write_parquet(folder / "results.parquet")
     return folder
+
+
+# Each shipped dashboard with the fixture that holds the columns it draws from.
+DASHBOARD_FIXTURES = {
+    "robustness": noise_grid,
+    "search": search_study,
+    "ueo": ueo_study,
+    "lpt": lpt_study,
+    "upl": upl_study,
+    "gradient_ratio": grad_ratio_study,
+}

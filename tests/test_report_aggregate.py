@@ -7,10 +7,12 @@ import pytest
 from report_fixtures import ENSEMBLE_GAIN, trial_row, upl_study, write_study
 
 from ptlab.report.aggregate import (
+    best_rows,
     cell_keys,
     cell_summary,
     excluded_trials,
     export_tables,
+    is_bookkeeping,
     load_study,
     metric_columns,
     paper_table,
@@ -85,7 +87,9 @@ def test_cell_summary_numbers():
     assert (noisy["n_seeds"], noisy["n_excluded"]) == (2, 2)
     assert noisy["excluded"] == "seed 3 flagged_nan; seed 4 failed"
     assert noisy["test_acc_mean"] == pytest.approx(52.0)
-    assert noisy["test_acc_ci95"] == pytest.approx(12.706205 * math.sqrt(8) / math.sqrt(2), rel=1e-5)
+    # Two seeds: a spread, but no interval (t = 12.7 would make it wider than the data).
+    assert noisy["test_acc_std"] == pytest.approx(math.sqrt(8))
+    assert noisy["test_acc_ci95"] is None
 
     # A pruned trial is no seed of its cell; one seed has no spread.
     single = by_cell[("gce", 0.0)]
@@ -152,15 +156,22 @@ def test_paper_table_and_exports(tmp_path):
     cells = cell_summary(study.trials, study.keys, ["test_acc"])
     table = paper_table(cells, study.keys, ["test_acc"])
     assert table.row(0) == ("ce", "0", "3", "72.00 ± 4.97")
-    assert table.filter(pl.col("noise_rate") == "0.5")["seeds"].item() == "2 (1 excluded)"
+    # Two seeds left: the mean and n, no interval.
+    assert table.filter(pl.col("noise_rate") == "0.5").row(0) == ("ce", "0.5", "2 (1 excluded)", "52.00")
 
-    written = export_tables(study, cells, robustness_summary(cells, study.keys), tmp_path / "out")
-    assert [p.name for p in written] == ["cells.csv", "robustness.csv", "summary.md"]
+    written = export_tables(study, cells, robustness_summary(cells, study.keys), tmp_path / "out", ["test_acc"])
+    assert [p.name for p in written] == ["cells.csv", "summary.tex", "robustness.csv", "summary.md"]
     csv = pl.read_csv(tmp_path / "out" / "cells.csv")
     assert csv.filter(pl.col("loss") == "ce").sort("noise_rate")["test_acc_mean"].to_list() == [72.0, 66.0, 52.0]
     md = (tmp_path / "out" / "summary.md").read_text()
-    assert "| loss | noise_rate | seeds | test_acc |" in md
+    assert "| loss | noise_rate | n | test_acc |" in md
     assert "| ce | 0 | 3 | 72.00 ± 4.97 |" in md
+    # gce at noise 0 (one seed, 80) is the best cell of the column.
+    assert "| gce | 0 | 1 | **80.00** |" in md
+    tex = (tmp_path / "out" / "summary.tex").read_text()
+    assert tex.startswith("\\begin{tabular}{lrrr}\n\\toprule\nloss & noise\\_rate & n & test\\_acc \\\\\n\\midrule\n")
+    assert "ce & 0 & 3 & 72.00 $\\pm$ 4.97 \\\\" in tex and "gce & 0 & 1 & \\textbf{80.00} \\\\" in tex
+    assert tex.endswith("\\bottomrule\n\\end{tabular}\n")
     assert "| loss | n_rates | rate_lo | rate_hi | test_acc_lo | test_acc_hi | drop | auc | auc_norm |" in md
     assert "| ce | 3 | 0 | 0.5 | 72.00 | 52.00 | 20.00 | 32.00 | 64.00 |" in md
 
@@ -215,3 +226,37 @@ def test_seed_ensembles_are_cells_of_their_own_but_not_trials(tmp_path):
     assert ensemble["ensemble_size"].item() == 3 and members["ensemble_size"].item() is None
     assert ensemble["test_acc_mean"].item() == pytest.approx(members["test_acc_mean"].item() + ENSEMBLE_GAIN)
     assert ensemble["member_test_acc_mean"].item() == pytest.approx(members["test_acc_mean"].item())
+
+
+def test_counts_and_timings_get_no_interval():
+    trials = hand_table().with_columns(
+        pl.Series("images_encoded", [400.0, 420.0, 460.0] * 4),
+        pl.Series("noise_realised", [0.21, 0.25, 0.27] * 4),
+    )
+    assert is_bookkeeping("wall_s", trials["wall_s"]) and is_bookkeeping("images_encoded", trials["images_encoded"])
+    # A whole-number accuracy is still a measurement; a realised noise rate is one too.
+    assert not is_bookkeeping("test_acc", pl.Series([70.0, 72.0])) and not is_bookkeeping("noise_realised", trials["noise_realised"])
+    cells = cell_summary(trials, ["loss", "noise_rate"], ["test_acc", "images_encoded", "noise_realised", "wall_s"])
+    clean = cells.filter((pl.col("loss") == "ce") & (pl.col("noise_rate") == 0.0)).row(0, named=True)
+    assert clean["images_encoded_mean"] == pytest.approx(426.6667, rel=1e-4)
+    assert clean["images_encoded_ci95"] is None and clean["wall_s_ci95"] is None
+    assert clean["test_acc_ci95"] is not None and clean["noise_realised_ci95"] is not None
+
+
+def test_best_rows_follow_each_metrics_direction():
+    cells = pl.DataFrame({"test_acc_mean": [70.0, 80.004, 79.996, None], "train_loss_mean": [0.5, 0.2, 0.9, 0.1],
+                          "grad_ratio_mean": [1.0, 2.0, 3.0, 4.0]})
+    # 80.004 and 79.996 print alike (80.00): both are best; grad_ratio has no better direction.
+    assert best_rows(cells, ["test_acc", "train_loss", "grad_ratio"]) == {"test_acc": {1, 2}, "train_loss": {3}}
+
+
+def test_reference_rows_are_neither_trials_nor_cells(tmp_path):
+    from report_fixtures import ZERO_SHOT_ACC, noise_grid
+
+    study = load_study(noise_grid(tmp_path / "grid"))
+    assert study.references.height == 1 and study.references["test_acc"].item() == ZERO_SHOT_ACC
+    assert "zeroshot" not in study.trials["method"].to_list() and "method" not in study.keys
+    assert study.trials.height == 72 and not study.partial
+    md = (export_tables(study, cell_summary(study.rows, study.keys, study.metrics), pl.DataFrame(), tmp_path / "o",
+                        ["test_acc"]) and (tmp_path / "o" / "summary.md").read_text())
+    assert "| zero-shot CLIP |  |  |  | 1 | 45.00 |" in md

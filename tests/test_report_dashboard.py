@@ -9,15 +9,7 @@ from ptlab.report.aggregate import cell_summary, load_study
 from ptlab.report.dashboard import SHIPPED, DashboardError, choose_dashboard, load_dashboard
 from ptlab.report.figures import render
 
-# Each shipped dashboard with the fixture that holds the columns it draws from.
-FIXTURES = {
-    "robustness": fx.noise_grid,
-    "search": fx.search_study,
-    "ueo": fx.ueo_study,
-    "lpt": fx.lpt_study,
-    "upl": fx.upl_study,
-    "gradient_ratio": fx.grad_ratio_study,
-}
+FIXTURES = fx.DASHBOARD_FIXTURES
 SHIPPED_NAMES = sorted(p.stem for p in SHIPPED.glob("*.yaml"))
 
 

@@ -78,7 +78,7 @@ def test_missing_columns_give_notes(grid):
     assert "optuna.db" in draw(dash.ParamImportance(kind="param_importance"), grid).note
 
 
-def test_learning_curves_mark_where_asha_stopped(search):
+def test_search_learning_curves_are_per_trial_and_mark_where_asha_stopped(search):
     item = draw(dash.LearningCurves(kind="learning_curves", y="val_acc"), search)
     stops = next(t for t in item.figure.data if t.name == "stopped by ASHA")
     pruned = search.trials.filter(search.trials["status"] == "pruned")
@@ -88,13 +88,68 @@ def test_learning_curves_mark_where_asha_stopped(search):
     assert len(lines) == search.trials.height
 
 
-def test_learning_curves_show_running_trials(tmp_path):
-    folder = fx.noise_grid(tmp_path / "g", keep=6)
-    curves = pl.read_parquet(folder / "curves.parquet")
-    running = pl.DataFrame(fx.curve_rows("still-running", {"val_acc": 50.0, "train_loss": 1.0}, 3))
-    pl.concat([curves, running.select(curves.columns).cast(curves.schema)]).write_parquet(folder / "curves.parquet")
-    item = draw(dash.LearningCurves(kind="learning_curves", y="val_acc"), load_study(folder))
-    assert {"status=completed", "status=running"} <= {t.name for t in item.figure.data}
+def test_learning_curves_are_cell_means_with_bands_one_panel_per_factor_value(grid):
+    item = draw(dash.LearningCurves(kind="learning_curves", y="val_acc", color="loss"), grid)
+    titles = [a.text for a in item.figure.layout.annotations]
+    # loss is the colour; every other factor gets a panel of its own: 2 noise types x 3 rates x 2 n_ctx.
+    assert len(titles) == 12 and "noise_type=pair, noise_rate=0.25, n_ctx=4" in titles
+    means = [t for t in item.figure.data if t.mode == "lines" and t.name in ("loss=ce", "loss=gce")]
+    assert len(means) == 24
+    panel = f"x{titles.index('noise_type=pair, noise_rate=0.25, n_ctx=4') + 1}"
+    ce = next(t for t in means if t.name == "loss=ce" and t.xaxis == panel)
+    final = fx.grid_accuracy("pair", 0.25, "ce", 4, 2) + 1.0  # val_acc of the seed mean at the last epoch
+    assert list(ce.x) == [1, 2, 3, 4, 5] and ce.y[-1] == pytest.approx(final)
+    assert list(ce.customdata) == [3] * 5  # n per epoch
+    bands = [t for t in item.figure.data if t.fill == "tonexty"]
+    # The broken cell (one seed left) has no band; the other 23 have.
+    assert len(bands) == 23
+
+
+def test_learning_curves_with_few_seeds_draw_the_seeds_and_mark_pruned_trials(tmp_path):
+    rows, curves = [], []
+    for seed, status in ((1, "completed"), (2, "completed"), (3, "pruned")):
+        row = fx.trial_row({"loss": "gce", "noise_rate": 0.25, "noise_type": "symmetric", "seed": seed}, {"val_acc": 60.0 + seed}, status)
+        rows.append(row)
+        curves += fx.curve_rows(row["trial_id"], {"val_acc": 60.0 + seed}, 2 if status == "pruned" else 4)
+    rows.append(fx.trial_row({"loss": "ce", "noise_rate": 0.25, "noise_type": "symmetric", "seed": 1}, {"val_acc": 50.0}))
+    study = load_study(fx.write_study(tmp_path / "s", {"name": "s", "planned_trials": 4}, rows, curves))
+    item = draw(dash.LearningCurves(kind="learning_curves", y="val_acc", color="loss"), study)
+    assert not [t for t in item.figure.data if t.fill == "tonexty"]
+    seeds = next(t for t in item.figure.data if t.mode == "markers" and t.legendgroup == "loss=gce")
+    assert sorted(seeds.customdata) == [1] * 4 + [2] * 4
+    stop = next(t for t in item.figure.data if t.name == "stopped by ASHA")
+    assert list(stop.x) == [2]
+
+
+def test_curves_with_fewer_than_three_seeds_draw_points_not_bands(tmp_path):
+    rows = [
+        fx.trial_row({"loss": loss, "noise_rate": rate, "noise_type": "symmetric", "seed": seed}, {"test_acc": acc + seed})
+        for loss, acc in (("ce", 60.0), ("gce", 70.0))
+        for rate in (0.0, 0.5)
+        for seed in (1, 2)
+    ]
+    study = load_study(fx.write_study(tmp_path / "s", {"name": "s", "planned_trials": 8}, rows))
+    item = draw(dash.Curve(kind="curve", y="test_acc", color="loss"), study)
+    assert not [t for t in item.figure.data if t.fill == "tonexty"]
+    points = [t for t in item.figure.data if t.mode == "markers"]
+    assert len(points) == 2 and sorted(points[0].y) == [61.0, 61.0, 62.0, 62.0]
+
+
+def test_accuracy_figures_carry_the_zero_shot_and_clean_label_lines(grid):
+    item = draw(dash.Curve(kind="curve", y="test_acc", color="loss", facet="noise_type"), grid)
+    zero_shot = [t for t in item.figure.data if t.name == "zero-shot CLIP"]
+    assert len(zero_shot) == 2 and all(list(t.y) == [fx.ZERO_SHOT_ACC] * 2 for t in zero_shot)
+    assert list(zero_shot[0].x) == [0.0, 0.5] and [t.showlegend for t in zero_shot] == [True, False]
+    clean = [t for t in item.figure.data if t.line.dash == "dot" and t.x[0] is not None]
+    # one per series and panel, at the series' own noise_rate 0 mean, toggled with its series
+    assert len(clean) == 8
+    gce16 = next(t for t in clean if t.legendgroup == "loss=gce, n_ctx=16" and t.xaxis == "x")
+    assert list(gce16.y) == [fx.grid_accuracy("pair", 0.0, "gce", 16, 2)] * 2
+    assert item.figure.layout.yaxis.title.text == "test_acc (%), mean"
+    curves = draw(dash.LearningCurves(kind="learning_curves", y="val_acc", color="noise_rate"), grid)
+    assert [t for t in curves.figure.data if t.name == "zero-shot CLIP"][0].y[0] == fx.ZERO_SHOT_ACC + 1.0
+    # no reference for what zero-shot does not measure, nor for a study without one
+    assert not [t for t in draw(dash.Curve(kind="curve", y="grad_ratio"), grid).figure.data if t.name == "zero-shot CLIP"]
 
 
 def test_optuna_figures_read_the_study_storage(search):

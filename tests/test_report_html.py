@@ -1,6 +1,7 @@
 """The report file: self-contained, marked partial when it is, reachable from the command line,
 and clean in a real browser."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from plotly.offline import get_plotlyjs
 from typer.testing import CliRunner
 
 from ptlab.report import cli
-from ptlab.report.dashboard import SHIPPED
+from ptlab.report.dashboard import SHIPPED, load_dashboard
 from ptlab.report.html import build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,17 +38,69 @@ def test_report_is_one_self_contained_file(grid_report):
     rest = page.replace(bundle, "")
     assert "http" not in rest and "<script src" not in rest
     # Every figure of robustness.yaml, none skipped.
-    assert page.count('class="plotly-graph-div"') == 5 and "Not shown" not in page
+    assert page.count('class="plotly-graph-div"') == 5 and 'id="not-applicable"' not in page
 
 
 def test_report_shows_summary_exclusions_spec_and_tables(grid_report):
     page = grid_report.read_text()
     assert 'data-report-state="complete"' in page and "all 72 planned trials" in page
-    assert "<td>82.00 ± 2.48</td>" in page
+    assert '<td class="best">82.00 ± 2.48</td>' in page and "<td>80.00 ± 2.48</td>" in page
     assert "seed 2 failed; seed 3 flagged_nan" in page and "RuntimeError: CUDA out of memory" in page
     assert "Robustness to label noise</h2>" in page
     assert "planned_trials: 72" in page
-    assert {p.name for p in grid_report.parent.iterdir()} == {"index.html", "cells.csv", "robustness.csv", "summary.md"}
+    assert {p.name for p in grid_report.parent.iterdir()} == {
+        "index.html", "cells.csv", "robustness.csv", "summary.md", "summary.tex"
+    }
+
+
+def test_summary_holds_factors_primary_metrics_and_n_and_details_the_rest(grid_report):
+    page = grid_report.read_text()
+    summary = page[page.index('id="summary"'):page.index('id="figures"')]
+    head = summary[summary.index("<thead>"):summary.index("</thead>")]
+    columns = [c.split("</th>")[0] for c in head.split("<th>")[1:]]
+    assert columns == ["noise_type", "noise_rate", "loss", "n_ctx", "n", "test_acc", "test_macro_acc",
+                       "excluded (not in the mean)"]
+    # The zero-shot reference is the first row.
+    assert '<tr class="reference"><td>zero-shot CLIP</td>' in summary and "<td>45.00</td>" in summary
+    details = page[page.index('id="details"'):page.index('id="overview"')]
+    # Timings are means alone: every trial ran 30 s.
+    assert "<th>val_acc</th><th>grad_ratio</th>" in details and "<td>1.50 ± 0.00</td>" in details
+    assert "<th>wall_s</th>" in details and "<td>30.00</td>" in details and "30.00 ±" not in details
+    assert page.count("Student t") == 1  # the method is stated once
+
+
+def test_figures_with_nothing_to_draw_are_listed_once_at_the_bottom(tmp_path):
+    rows = [
+        fx.trial_row({"noise_type": "symmetric", "noise_rate": rate, "loss": loss, "seed": seed}, {"test_acc": 70.0 - 20 * rate + seed})
+        for rate in (0.0, 0.5) for loss in ("ce", "gce") for seed in (1, 2, 3)
+    ]
+    page = build_report(fx.write_study(tmp_path / "s", {"name": "s", "planned_trials": 12}, rows)).read_text()
+    assert "Not shown" not in page and page.count('id="not-applicable"') == 1
+    missing = page[page.index('id="not-applicable"'):page.index('id="spec"')]
+    assert "Robustness surface: y: n_ctx / gce_q / shots / train.lr / train.epochs / backbone does not vary" in missing
+    assert "Noisy/clean gradient-norm ratio vs noise rate: no values for grad_ratio" in missing
+    assert "summary column test_macro_acc: no values in these results" in missing
+    assert "Not in these results" not in page
+    # Drawn: the test-accuracy curve (headline), the heatmap; the learning curves need curves.parquet.
+    assert page.count('class="plotly-graph-div"') == 2
+
+
+def test_banner_reads_the_status_that_study_status_reads(tmp_path):
+    import json
+    import os
+    import socket
+    import time
+
+    folder = fx.noise_grid(tmp_path / "grid", keep=30)
+    progress = {"state": "running", "running": ["t1", "t2"], "eta_s": 300.0, "heartbeat": time.time(),
+                "pid": os.getpid(), "host": socket.gethostname(), "elapsed_s": 60.0}
+    (folder / "progress.json").write_text(json.dumps(progress))
+    page = build_report(folder).read_text()
+    assert "Running: 30 of 72 planned trials have results, 2 running, about 5 min to go" in page
+    (folder / "progress.json").write_text(json.dumps(progress | {"heartbeat": time.time() - 3600}))
+    page = build_report(folder).read_text()
+    assert "Partial report: 30 of 72 planned trials have results. The study was interrupted" in page
+    assert f"ptlab study resume {folder}" in page
 
 
 def test_partial_study_is_marked_partial(tmp_path):
@@ -71,7 +124,7 @@ def test_cli_builds_with_a_dashboard_override(tmp_path):
     assert result.exit_code == 0, result.output
     page = (folder / "report" / "index.html").read_text()
     assert str(folder / "report" / "index.html") in result.output
-    assert "Hyperparameter search" in page and "no Optuna storage" in page
+    assert "Hyperparameter search" in page and "no Optuna storage (optuna.db or journal.log)" in page
 
 
 def test_cli_reports_a_bad_dashboard(tmp_path):
@@ -90,18 +143,31 @@ def test_cli_open_hands_the_file_to_the_browser(tmp_path, monkeypatch):
     assert opened == [(folder / "report" / "index.html").resolve().as_uri()]
 
 
+def screenshot_dir(tmp_path: Path) -> Path:
+    """Where the browser tests leave one screenshot per dashboard for review: $PTLAB_SCREENSHOTS, else the test's tmp folder."""
+    folder = Path(os.environ.get("PTLAB_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+# Per plot div: traces it was given, and how many of them plotly drew (SVG trace groups, or GL scenes of 3D plots).
+DRAWN = """[...document.querySelectorAll('.js-plotly-plot')].map(d => ({
+    id: d.id, traces: d.data.length,
+    drawn: d.querySelectorAll('g.trace, g.barlayer .point, g.hm image, .gl-container canvas').length}))"""
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
 )
-@pytest.mark.parametrize("kind", ["grid", "search", "lpt"])
-def test_report_in_headless_chromium(kind, tmp_path):
+@pytest.mark.parametrize("board", sorted(p.stem for p in SHIPPED.glob("*.yaml")))
+def test_shipped_dashboard_in_headless_chromium(board, tmp_path):
+    """Each shipped dashboard on the fixture made for it: no console error, every declared figure drawn, none empty."""
     from playwright.sync_api import sync_playwright
 
-    # Between them, these reports hold every figure kind.
-    make = {"grid": fx.noise_grid, "search": fx.search_study, "lpt": fx.lpt_study}[kind]
-    page_path = build_report(make(tmp_path / kind))
-    expected = page_path.read_text().count('class="plotly-graph-div"')
+    folder = fx.DASHBOARD_FIXTURES[board](tmp_path / board)
+    page_path = build_report(folder, SHIPPED / f"{board}.yaml")
+    declared = len(load_dashboard(SHIPPED / f"{board}.yaml").figures)
     problems = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -112,17 +178,15 @@ def test_report_in_headless_chromium(kind, tmp_path):
             page.goto(page_path.as_uri())
             # Plotly marks a div js-plotly-plot once it has drawn into it.
             page.wait_for_function(
-                f"document.querySelectorAll('.js-plotly-plot').length === {expected}", timeout=60_000
+                f"document.querySelectorAll('.js-plotly-plot').length === {declared}", timeout=60_000
             )
-            drawn = page.evaluate(
-                "[...document.querySelectorAll('.js-plotly-plot')]"
-                ".map(d => d.querySelectorAll('.main-svg, canvas').length)"
-            )
-            assert len(drawn) == expected and all(drawn)
+            plots = page.evaluate(DRAWN)
             assert page.locator("#status").inner_text().startswith("Complete")
-            shot = tmp_path / f"{kind}.png"
-            page.screenshot(path=str(shot), full_page=True)
+            assert page.locator("#not-applicable").count() == 0
+            page.screenshot(path=str(screenshot_dir(tmp_path) / f"{board}.png"))
         finally:
             browser.close()
     assert problems == []
-    assert shot.stat().st_size > 50_000
+    assert len(plots) == declared
+    empty = [p["id"] for p in plots if not p["traces"] or not p["drawn"]]
+    assert empty == []

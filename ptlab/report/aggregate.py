@@ -3,13 +3,23 @@
 Reads only what a study stored (study.yaml, results.parquet, curves.parquet);
 nothing here trains or touches Ray. Accuracies are percentages (0-100).
 results.parquet may also hold a study's seed ensembles, one row each: they
-make cells of their own (method `<method>_ensemble`) but are not trials.
+make cells of their own (method `<method>_ensemble`) but are not trials; and
+its zero-shot reference rows, which are neither cells nor trials but the line
+every accuracy figure is read against.
+
+Uncertainty is one rule, stated once in the report (UNCERTAINTY): a cell's
+mean over its completed seeds, with a Student-t 95% interval from 3 seeds up.
+Two seeds give t = 12.7 and an interval wider than the data, so below 3 a
+cell shows its mean and n, and figures draw its seeds as points. Counts and
+timings (epochs, attempts, images encoded, seconds) are bookkeeping, not
+measurements with a sampling error: they get a mean and no interval.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -20,7 +30,7 @@ import yaml
 from pydantic import BaseModel
 
 from ptlab.config import TrialConfig
-from ptlab.study.store import ENSEMBLE_SIZE, is_ensemble
+from ptlab.study.store import ENSEMBLE_SIZE, is_ensemble, is_reference
 
 COMPLETED = "completed"
 PRUNED = "pruned"
@@ -43,6 +53,16 @@ _METRIC_ORDER = (
     "grad_ratio",
 )
 _TIMINGS = ("wall_s", "recipe_s", "epochs_done", "attempts")
+# Outcomes where lower is better; percentages are higher-is-better, and others have no best.
+_LOWER_IS_BETTER = ("train_loss", "key_loss")
+MIN_SEEDS_FOR_CI = 3
+UNCERTAINTY = (
+    "Every number is the mean over a cell's completed seeds, n is their count, and ± is the 95% confidence "
+    f"interval of that mean (Student t, n − 1 degrees of freedom), given from n = {MIN_SEEDS_FOR_CI} on: with 2 "
+    "seeds t = 12.7 and the interval says only that two values are too few. Figures shade the interval, "
+    "clipped to 0–100 % for percentages, and draw the seeds themselves as points where n < "
+    f"{MIN_SEEDS_FOR_CI}. Counts and timings get no interval."
+)
 
 
 @cache
@@ -76,6 +96,7 @@ class StudyResults:
     spec_text: str
     trials: pl.DataFrame
     ensembles: pl.DataFrame  # rows of seed ensembles; empty unless the study asked for them
+    references: pl.DataFrame  # zero-shot reference rows (ptlab.study.reference); empty where none applies
     curves: pl.DataFrame
     keys: list[str]  # config columns (and ensemble_size) that tell cells apart, spec factors first
     metrics: list[str]  # numeric outcome columns holding at least one value
@@ -129,7 +150,9 @@ def load_study(folder: str | Path) -> StudyResults:
     if not rows.is_empty():
         # A retried trial is appended again; its latest row is the one that counts.
         rows = spread_method_options(rows.unique(subset="trial_id", keep="last", maintain_order=True))
-    ensemble = is_ensemble(rows)
+    ensemble, reference = is_ensemble(rows), is_reference(rows)
+    references = rows.filter(reference) if not rows.is_empty() else rows
+    rows = rows.filter(~reference) if not rows.is_empty() else rows
     curves_path = folder / "curves.parquet"
     curves = pl.read_parquet(curves_path) if curves_path.is_file() else pl.DataFrame()
     factors = list((spec.get("factors") or {}).keys())
@@ -139,6 +162,7 @@ def load_study(folder: str | Path) -> StudyResults:
         spec_text=spec_text,
         trials=rows.filter(~ensemble),
         ensembles=rows.filter(ensemble),
+        references=references,
         curves=curves,
         keys=cell_keys(rows, factors),
         metrics=metric_columns(rows),
@@ -193,6 +217,29 @@ def metric_columns(trials: pl.DataFrame) -> list[str]:
     return first + sorted(set(numeric) - set(first) - set(last)) + last
 
 
+def is_bookkeeping(column: str, values: pl.Series) -> bool:
+    """Counts and timings: the study's own records (seconds, epochs, attempts) and whole-number
+    outcomes such as images encoded or train_size. Percentages are measurements even when whole."""
+    if is_percent(column):
+        return False
+    if column in _TIMINGS or column.endswith("_s"):
+        return True
+    known = values.drop_nulls().cast(pl.Float64).drop_nans()
+    return known.len() > 0 and bool((known == known.round(0)).all())
+
+
+def is_percent(metric: str) -> bool:
+    """Accuracies and AUROCs are stored in percent, bounded to [0, 100]."""
+    return metric.endswith(("_acc", "auroc"))
+
+
+def higher_is_better(metric: str) -> bool | None:
+    """Which way a metric improves, where that is known; None: no best to mark."""
+    if is_percent(metric):
+        return True
+    return False if metric in _LOWER_IS_BETTER else None
+
+
 def t_critical(dof: int, level: float = 0.95) -> float:
     """Two-sided Student-t critical value for an integer number of degrees of freedom.
 
@@ -230,7 +277,8 @@ def t_critical(dof: int, level: float = 0.95) -> float:
 def cell_summary(trials: pl.DataFrame, keys: list[str], metrics: list[str]) -> pl.DataFrame:
     """One row per cell: completed seeds, excluded seeds and why, mean/std/95% CI per metric.
 
-    Pruned trials are search bookkeeping, not results, and are left out.
+    Pruned trials are search bookkeeping, not results, and are left out. The
+    interval is left empty below MIN_SEEDS_FOR_CI seeds and for counts and timings.
     """
     rows = trials.filter(pl.col("status") != PRUNED)
     if rows.is_empty():
@@ -248,7 +296,9 @@ def cell_summary(trials: pl.DataFrame, keys: list[str], metrics: list[str]) -> p
         aggs += [value.mean().alias(f"{m}_mean"), value.std(ddof=1).alias(f"{m}_std"), value.count().alias(f"_{m}_n")]
     cells = rows.group_by("cell_id", maintain_order=True).agg(*[pl.col(k).first() for k in keys], *aggs)
     for m in metrics:
-        counts = [n for n in cells.get_column(f"_{m}_n").unique().to_list() if n >= 2]
+        counts = [n for n in cells.get_column(f"_{m}_n").unique().to_list() if n >= MIN_SEEDS_FOR_CI]
+        if is_bookkeeping(m, rows.get_column(m)):
+            counts = []
         t = pl.col(f"_{m}_n").replace_strict(
             {n: t_critical(n - 1) for n in counts}, default=None, return_dtype=pl.Float64
         )
@@ -317,7 +367,7 @@ def format_mean_ci(mean: float | None, ci: float | None) -> str:
 
 
 def paper_table(cells: pl.DataFrame, keys: list[str], metrics: list[str]) -> pl.DataFrame:
-    """Cells as text, ``mean ± 95% CI`` per metric; the seed column notes exclusions."""
+    """Cells as text: the keys, n (noting exclusions), and ``mean ± 95% CI`` per metric (the mean alone where there is no CI)."""
     if cells.is_empty():
         return pl.DataFrame()
     columns: dict[str, list[str]] = {
@@ -328,7 +378,7 @@ def paper_table(cells: pl.DataFrame, keys: list[str], metrics: list[str]) -> pl.
     seeds = []
     for n, excluded in cells.select("n_seeds", "n_excluded").iter_rows():
         seeds.append(f"{n} ({excluded} excluded)" if excluded else str(n))
-    columns["seeds"] = seeds
+    columns["n"] = seeds
     for m in metrics:
         if f"{m}_mean" not in cells.columns:
             continue
@@ -337,27 +387,103 @@ def paper_table(cells: pl.DataFrame, keys: list[str], metrics: list[str]) -> pl.
     return pl.DataFrame(columns)
 
 
-def markdown(table: pl.DataFrame) -> str:
-    """A GitHub/pandoc pipe table, numbers as they print in the report."""
+def best_rows(cells: pl.DataFrame, metrics: list[str]) -> dict[str, set[int]]:
+    """Per metric with a known direction, the rows whose mean is the best as printed (ties all count)."""
+    best: dict[str, set[int]] = {}
+    for m in metrics:
+        direction = higher_is_better(m)
+        if direction is None or f"{m}_mean" not in cells.columns:
+            continue
+        printed = [None if v is None or math.isnan(v) else round(v, 2) for v in cells[f"{m}_mean"].to_list()]
+        known = [v for v in printed if v is not None]
+        if len(known) < 2:
+            continue
+        top = max(known) if direction else min(known)
+        best[m] = {i for i, v in enumerate(printed) if v == top}
+    return best
 
-    def cell(v: Any) -> str:
+
+def reference_table(study: StudyResults, keys: list[str], metrics: list[str]) -> pl.DataFrame:
+    """The zero-shot reference as rows of a paper table: labelled in the first key's column, n = 1."""
+    refs = study.references.filter(pl.col("status") == COMPLETED) if not study.references.is_empty() else study.references
+    if refs.is_empty():
+        return pl.DataFrame()
+    varied = [c for c in keys if c in refs.columns and refs[c].n_unique() > 1]
+    rows = []
+    for ref in refs.iter_rows(named=True):
+        label = "zero-shot CLIP" + "".join(f", {c}={ref[c]}" for c in varied)
+        row = {(keys[0] if keys else "cell"): label} | {k: "" for k in keys[1:]} | {"n": "1"}
+        for m in metrics:
+            value = ref.get(m)
+            row[m] = format_number(value) if value is not None else "–"
+        rows.append(row)
+    return pl.DataFrame(rows).select(list(rows[0]))
+
+
+def markdown(table: pl.DataFrame, bold: dict[str, set[int]] | None = None) -> str:
+    """A GitHub/pandoc pipe table, numbers as they print in the report, ``bold`` cells in **bold**."""
+    bold = bold or {}
+
+    def cell(column: str, i: int, v: Any) -> str:
         text = format_number(v) if isinstance(v, float) else ("–" if v is None else str(v))
-        return text.replace("|", "\\|")
+        text = text.replace("|", "\\|")
+        return f"**{text}**" if i in bold.get(column, ()) else text
 
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * table.width]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.iter_rows()]
+    lines += [
+        "| " + " | ".join(cell(c, i, v) for c, v in zip(table.columns, row, strict=True)) + " |"
+        for i, row in enumerate(table.iter_rows())
+    ]
     return "\n".join(lines) + "\n"
 
 
-def export_tables(study: StudyResults, cells: pl.DataFrame, robustness: pl.DataFrame, out: Path) -> list[Path]:
-    """cells.csv and robustness.csv (every number), summary.md (the tables for a paper)."""
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_text(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text).replace("±", r"$\pm$").replace("–", "--")
+
+
+def latex(table: pl.DataFrame, bold: dict[str, set[int]] | None = None, rule_after: int = 0) -> str:
+    """A booktabs tabular, as papers print it; the first ``rule_after`` rows (the reference) get a rule of their own."""
+    bold = bold or {}
+    # Numbers right-aligned, names left, as in a paper.
+    align = "".join(
+        "r" if all(re.match(r"[-+\d–]", v) for v in table[c].drop_nulls().cast(pl.String) if v) else "l"
+        for c in table.columns
+    )
+    lines = [f"\\begin{{tabular}}{{{align}}}", r"\toprule",
+             " & ".join(_latex_text(c) for c in table.columns) + r" \\", r"\midrule"]
+    for i, row in enumerate(table.iter_rows()):
+        if rule_after and i == rule_after:
+            lines.append(r"\midrule")
+        cells = ["" if v is None else _latex_text(str(v)) for v in row]
+        cells = [f"\\textbf{{{t}}}" if i in bold.get(c, ()) else t for c, t in zip(table.columns, cells, strict=True)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def export_tables(
+    study: StudyResults, cells: pl.DataFrame, robustness: pl.DataFrame, out: Path, primary: list[str]
+) -> list[Path]:
+    """cells.csv and robustness.csv (every number); summary.md and summary.tex, the main table as a paper prints it
+    (the zero-shot reference first, mean ± 95% CI, best per column in bold)."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    sections = [f"# {study.name}\n"]
+    sections = [f"# {study.name}\n", UNCERTAINTY + "\n"]
     if not cells.is_empty():
         cells.write_csv(out / "cells.csv")
         written.append(out / "cells.csv")
-        sections += ["## Cells (mean ± 95% CI over seeds)\n", markdown(paper_table(cells, study.keys, study.metrics))]
+        table = paper_table(cells, study.keys, primary)
+        bold = best_rows(cells, primary)
+        reference = reference_table(study, study.keys, primary)
+        shown = pl.concat([reference, table], how="diagonal") if not reference.is_empty() else table
+        bold = {m: {i + reference.height for i in rows} for m, rows in bold.items()}
+        sections += ["## Summary (mean ± 95% CI; best in bold)\n", markdown(shown, bold)]
+        (out / "summary.tex").write_text(latex(shown, bold, reference.height))
+        written.append(out / "summary.tex")
     if not robustness.is_empty():
         robustness.write_csv(out / "robustness.csv")
         written.append(out / "robustness.csv")

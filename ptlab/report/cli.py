@@ -31,6 +31,6 @@ def report(
     except (DashboardError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
-    typer.echo(f"report: {page}")
+    typer.echo(f"report: {page.resolve().as_uri()}")
     if open_:
         webbrowser.open(page.resolve().as_uri())

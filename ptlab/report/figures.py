@@ -4,7 +4,12 @@ Every factor a figure does not put on an axis, a colour or a facet is folded
 into the trace or panel label, so a figure never silently averages over a
 factor the study varied. A figure that the study's data cannot fill (a column
 missing, an axis with one value, no Optuna storage) comes back as a note that
-the report prints in its place.
+the report lists once, under "not applicable to this study".
+
+Accuracy figures carry their reference lines: the study's zero-shot CLIP
+(dashed grey) and, in noisy-label studies, each series' clean-label value
+(its noise_rate 0 cell, dotted in the series' colour). Intervals follow
+aggregate.UNCERTAINTY: a band from 3 seeds up, the seeds as points below.
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from plotly.colors import hex_to_rgb, qualitative
 from plotly.subplots import make_subplots
 
 from ptlab.report import dashboard as dash
-from ptlab.report.aggregate import COMPLETED, PRUNED, StudyResults
+from ptlab.report.aggregate import (
+    COMPLETED,
+    MIN_SEEDS_FOR_CI,
+    NOISE,
+    PRUNED,
+    StudyResults,
+    is_percent,
+    t_critical,
+)
 
 PALETTE = qualitative.Plotly
 PANEL_COLUMNS = 3
@@ -87,9 +100,104 @@ def _metric(name: str, study: StudyResults) -> str:
     return name
 
 
-def _is_percent(metric: str) -> bool:
-    """Accuracies and AUROCs are stored in percent, bounded to [0, 100]."""
-    return metric.endswith(("_acc", "auroc"))
+def _label(metric: str) -> str:
+    """An axis title with its unit."""
+    return f"{metric} (%)" if is_percent(metric) else metric
+
+
+def _clip(values: pl.Series, metric: str) -> pl.Series:
+    # A wide t interval can reach -50..200%; drawn whole it flattens every curve.
+    return values.clip(0, 100) if is_percent(metric) else values
+
+
+ZERO_SHOT_COLOUR = "#555555"
+
+
+def zero_shot_values(study: StudyResults, metric: str, where: dict[str, Any]) -> list[tuple[str, float]]:
+    """The zero-shot reference values of ``metric`` that match ``where`` (a panel's or series' factor values).
+
+    Only the columns in which the references differ (e.g. backbone, where the
+    study varies it) are matched; a panel that mixes them gets each, labelled.
+    """
+    refs = study.references
+    if refs.is_empty() or metric not in refs.columns or not is_percent(metric):
+        return []
+    refs = refs.filter((pl.col("status") == COMPLETED) & pl.col(metric).is_not_null())
+    differing = [c for c in refs.columns if c in study.keys and refs[c].n_unique() > 1]
+    for column, value in where.items():
+        if column in differing:
+            refs = refs.filter(pl.col(column) == value)
+    shown = [c for c in differing if c not in where]
+    return [
+        ("zero-shot CLIP" + "".join(f", {c}={r[c]}" for c in shown), float(r[metric]))
+        for r in refs.sort(shown or "trial_id").iter_rows(named=True)
+    ]
+
+
+def clean_value(study: StudyResults, cells: pl.DataFrame, metric: str, where: dict[str, Any]) -> float | None:
+    """The noise_rate 0 cell's mean of ``metric`` for the other factor values in ``where``; None without one."""
+    mean = f"{metric}_mean"
+    if NOISE not in study.keys or mean not in cells.columns or not is_percent(metric):
+        return None
+    clean = cells.filter(pl.col(NOISE) == 0)
+    for column, value in where.items():
+        if column != NOISE and column in clean.columns:
+            clean = clean.filter(pl.col(column) == value)
+    values = clean[mean].drop_nulls()
+    return float(values.mean()) if values.len() else None
+
+
+CLEAN_LEGEND = "clean labels (noise rate 0), dotted in each series' colour"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A horizontal reference line: the zero-shot value, or a series' clean-label value (``group`` = the series)."""
+
+    name: str
+    value: float
+    colour: str = ZERO_SHOT_COLOUR
+    group: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        return self.group is not None
+
+
+def _reference_traces(fig: go.Figure, lines: list[Reference], span: list[Any], row: int, col: int, shown: set[str]) -> None:
+    """Lines across ``span`` (the panel's x values); a zero-shot line has a legend entry of its own, clean-label
+    lines share one and toggle with their series."""
+    if not span:
+        return
+    xs = [min(span), max(span)] if len(set(span)) > 1 else [span[0], span[0]]
+    for ref in lines:
+        legend = CLEAN_LEGEND if ref.clean else ref.name
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=[ref.value, ref.value],
+                mode="lines",
+                name=legend,
+                legendgroup=ref.group if ref.clean else ref.name,
+                showlegend=not ref.clean and legend not in shown,
+                line={"color": ref.colour, "dash": "dot" if ref.clean else "dash", "width": 1.5},
+                hovertemplate=f"{ref.name}: {ref.value:.2f}<extra></extra>",
+            ),
+            row,
+            col,
+        )
+        shown.add(legend)
+    if any(ref.clean for ref in lines) and "_clean_key" not in shown:
+        # one legend entry that explains every clean-label line
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=CLEAN_LEGEND,
+                                 line={"color": ZERO_SHOT_COLOUR, "dash": "dot"}), row, col)
+        shown.add("_clean_key")
+
+
+def _seed_points(study: StudyResults, cell_ids: list[str], x: str, y: str) -> pl.DataFrame:
+    """The completed seeds of the given cells, to draw as points where a cell has too few for an interval."""
+    rows = study.rows
+    return rows.filter(pl.col("cell_id").is_in(cell_ids) & (pl.col("status") == COMPLETED) & pl.col(y).is_not_null())
 
 
 def _rest(study: StudyResults, *used: str | None) -> list[str]:
@@ -131,18 +239,18 @@ def _curve(spec: dash.Curve, study: StudyResults, cells: pl.DataFrame) -> go.Fig
     rows, cols = _panel_grid(len(panels))
     fig = make_subplots(rows, cols, subplot_titles=[p for p, _ in panels], shared_yaxes=True, horizontal_spacing=0.05)
     order = [label for label, _ in _groups(cells, series_by)]
+    shown: set[str] = set()
     for i, (_, panel) in enumerate(panels):
         row, col = _position(i, cols)
+        span = panel[x].drop_nulls().to_list()
+        where = {facet: panel[facet][0]} if facet else {}
+        references = [Reference(name, v) for name, v in zero_shot_values(study, y, where)]
         for label, series in _groups(panel, series_by):
             k = order.index(label)
             s = series.filter(pl.col(f"{y}_mean").is_not_null()).sort(x)
             xs, mean, ci = s[x].to_list(), s[f"{y}_mean"], s[f"{y}_ci95"]
             if spec.band and ci.null_count() < len(ci):
-                lower, upper = mean - ci, mean + ci
-                if _is_percent(y):
-                    # A 2-seed t interval can reach -50..200%; drawn whole it flattens every curve.
-                    lower, upper = lower.clip(0, 100), upper.clip(0, 100)
-                lower, upper = lower.to_list(), upper.to_list()
+                lower, upper = _clip(mean - ci, y).to_list(), _clip(mean + ci, y).to_list()
                 band = {
                     "mode": "lines",
                     "line": {"width": 0},
@@ -152,23 +260,45 @@ def _curve(spec: dash.Curve, study: StudyResults, cells: pl.DataFrame) -> go.Fig
                 }
                 fig.add_trace(go.Scatter(x=xs, y=lower, **band), row, col)
                 fig.add_trace(go.Scatter(x=xs, y=upper, fill="tonexty", fillcolor=_colour(k, 0.2), **band), row, col)
+            few = s.filter(pl.col("n_seeds") < MIN_SEEDS_FOR_CI)["cell_id"].to_list()
+            if spec.band and few:
+                points = _seed_points(study, few, x, y)
+                fig.add_trace(
+                    go.Scatter(
+                        x=points[x].to_list(),
+                        y=points[y].to_list(),
+                        mode="markers",
+                        legendgroup=label,
+                        showlegend=False,
+                        marker={"color": _colour(k, 0.55), "size": 6, "symbol": "circle-open"},
+                        customdata=points["seed"].to_list(),
+                        hovertemplate=f"seed %{{customdata}}<br>{x}=%{{x}}<br>{y}=%{{y:.2f}}<extra></extra>",
+                    ),
+                    row,
+                    col,
+                )
             fig.add_trace(
                 go.Scatter(
                     x=xs,
                     y=mean.to_list(),
                     name=label or y,
                     legendgroup=label,
-                    showlegend=i == 0,
+                    showlegend=label not in shown,
                     mode="lines+markers",
                     line={"color": _colour(k)},
                     customdata=list(zip(ci.to_list(), s["n_seeds"].to_list(), strict=True)),
-                    hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y:.2f}} ± %{{customdata[0]:.2f}}<br>seeds: %{{customdata[1]}}",
+                    hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y:.2f}} ± %{{customdata[0]:.2f}}<br>n=%{{customdata[1]}}",
                 ),
                 row,
                 col,
             )
+            shown.add(label)
+            clean = clean_value(study, cells, y, {c: series[c][0] for c in [*series_by, *where]})
+            if clean is not None:
+                references.append(Reference(f"clean labels, {label}" if label else "clean labels", clean, _colour(k), label))
+        _reference_traces(fig, references, span, row, col, shown)
     fig.update_xaxes(title_text=x)
-    fig.update_yaxes(title_text=f"{y} (mean over seeds)", col=1)
+    fig.update_yaxes(title_text=f"{_label(y)}, mean", col=1)
     fig.update_layout(height=rows * PANEL_HEIGHT + 80, legend_title_text=", ".join(series_by))
     return fig
 
@@ -216,7 +346,7 @@ def _surface(spec: dash.Surface, study: StudyResults, cells: pl.DataFrame) -> go
                 cmax=hi,
                 colorscale="Viridis",
                 showscale=i == 0,
-                colorbar={"title": {"text": z}},
+                colorbar={"title": {"text": _label(z)}},
                 hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y}}<br>{z}=%{{z:.2f}} ± %{{customdata:.2f}}<extra></extra>",
             ),
             *_position(i, cols),
@@ -224,7 +354,7 @@ def _surface(spec: dash.Surface, study: StudyResults, cells: pl.DataFrame) -> go
     fig.update_scenes(
         xaxis_title_text=x,
         yaxis_title_text=y,
-        zaxis_title_text=z,
+        zaxis_title_text=_label(z),
         zaxis_range=[lo, hi],  # one height scale, so surfaces compare at a glance
         camera_eye={"x": 1.6, "y": -1.6, "z": 1.0},
     )
@@ -262,8 +392,11 @@ def _heatmap(spec: dash.Heatmap, study: StudyResults, cells: pl.DataFrame) -> go
         )
     fig.update_xaxes(type="category", title_text=x)
     fig.update_yaxes(type="category", title_text=y)
+    references = "; ".join(f"{name} {value:.1f}%" for name, value in zero_shot_values(study, z, {}))
     fig.update_layout(
-        height=rows * PANEL_HEIGHT + 80, coloraxis={"colorscale": "Viridis", "colorbar": {"title": {"text": z}}}
+        height=rows * PANEL_HEIGHT + 80,
+        coloraxis={"colorscale": "Viridis", "colorbar": {"title": {"text": _label(z)}}},
+        title={"text": f"reference: {references}" if references else None, "font": {"size": 13}},
     )
     return fig
 
@@ -288,7 +421,10 @@ def _bars(spec: dash.Bars, study: StudyResults, cells: pl.DataFrame) -> go.Figur
                 hovertemplate=f"%{{x}}<br>{m}=%{{y:.2f}}<extra></extra>",
             )
         )
-    fig.update_layout(barmode="group", height=PANEL_HEIGHT + 80, yaxis_title_text="mean over seeds ± 95% CI")
+    percent = all(is_percent(m) for m in ys)
+    for name, value in zero_shot_values(study, ys[0], {}) if percent and len(ys) == 1 else []:
+        fig.add_hline(y=value, line_dash="dash", line_color=ZERO_SHOT_COLOUR, annotation_text=f"{name} {value:.1f}%")
+    fig.update_layout(barmode="group", height=PANEL_HEIGHT + 80, yaxis_title_text="mean (%)" if percent else "mean")
     return fig
 
 
@@ -312,29 +448,137 @@ def _scatter(spec: dash.Scatter, study: StudyResults, cells: pl.DataFrame) -> go
                 hovertemplate=f"trial %{{customdata[0]}} (seed %{{customdata[1]}})<br>{x}=%{{x:.2f}}<br>{y}=%{{y:.2f}}<extra></extra>",
             )
         )
-    fig.update_layout(height=PANEL_HEIGHT + 80, xaxis_title_text=x, yaxis_title_text=y)
+    fig.update_layout(height=PANEL_HEIGHT + 80, xaxis_title_text=_label(x), yaxis_title_text=_label(y))
     return fig
 
 
-def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.DataFrame) -> go.Figure:
+def _curves_with_status(spec: dash.LearningCurves, study: StudyResults, columns: list[str]) -> pl.DataFrame:
+    """curves.parquet joined with each trial's status and ``columns``; a trial without a results row yet is left out."""
     if study.curves.is_empty():
         raise FigureSkipped("no curves.parquet in the study folder")
     if spec.y not in study.curves.columns:
         raise FigureSkipped(f"curves.parquet has no column {spec.y}")
-    colour = _maybe(spec.color, study, "color")
-    by = colour or "status"
-    info = study.trials.select("trial_id", "status", *([colour] if colour else []))
-    # Curves of a trial still running have no results row yet; they show as running.
-    curves = (
-        study.curves.join(info, on="trial_id", how="left")
-        .with_columns(pl.col("status").fill_null("running"))
-        .filter(pl.col(spec.y).is_not_null())
-        .sort("trial_id", "epoch")
-    )
+    info = study.trials.select("trial_id", "cell_id", "status", "seed", *[c for c in columns if c != "status"])
+    curves = study.curves.join(info, on="trial_id", how="inner").filter(pl.col(spec.y).is_not_null())
     if curves.is_empty():
         raise FigureSkipped(f"curves.parquet holds no values of {spec.y}")
+    return curves.sort("trial_id", "epoch")
+
+
+def _asha_stops(fig: go.Figure, curves: pl.DataFrame, y: str, row: int = 1, col: int = 1, legend: bool = True) -> None:
+    stops = curves.filter(pl.col("status") == PRUNED).group_by("trial_id", maintain_order=True).last()
+    if stops.is_empty():
+        return
+    fig.add_trace(
+        go.Scatter(
+            x=stops["epoch"].to_list(),
+            y=stops[y].to_list(),
+            mode="markers",
+            name="stopped by ASHA",
+            legendgroup="stopped by ASHA",
+            showlegend=legend,
+            marker={"symbol": "x", "size": 11, "color": "black"},
+            customdata=stops["trial_id"].to_list(),
+            hovertemplate="trial %{customdata} stopped by ASHA after epoch %{x}<extra></extra>",
+        ),
+        row,
+        col,
+    )
+
+
+def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.DataFrame) -> go.Figure:
+    """Grids: per cell the mean over its seeds by epoch with its band, one panel per value of the factors that are
+    not the colour. Searches, whose every sample is a cell of one: a line per trial, coloured by status."""
+    if study.spec.get("search"):
+        return _trial_curves(spec, study)
+    colour = _maybe(spec.color, study, "color") or (study.keys[0] if study.keys else None)
+    panel_by = _rest(study, colour)
+    curves = _curves_with_status(spec, study, [c for c in (colour, *panel_by) if c])
+    y = spec.y
+    done = curves.filter(pl.col("status") == COMPLETED)
+    by = [c for c in (colour, *panel_by) if c]
+    stats = (
+        done.group_by([*by, "cell_id", "epoch"], maintain_order=True)
+        .agg(pl.col(y).mean().alias("mean"), pl.col(y).std(ddof=1).alias("std"), pl.len().alias("n"))
+        .sort([*by, "epoch"], nulls_last=True)
+    )
+    counts = [n for n in stats["n"].unique().to_list() if n >= MIN_SEEDS_FOR_CI]
+    t = pl.col("n").replace_strict({n: t_critical(n - 1) for n in counts}, default=None, return_dtype=pl.Float64)
+    stats = stats.with_columns((t * pl.col("std") / pl.col("n").sqrt()).alias("ci"))
+    panels = _groups(curves, panel_by)
+    # Small multiples: many panels get smaller, four to a row, so a large grid stays one screenful per few rows.
+    many = len(panels) > 2 * PANEL_COLUMNS
+    rows, cols = _panel_grid(len(panels), per_row=PANEL_COLUMNS + many)
+    fig = make_subplots(rows, cols, subplot_titles=[p for p, _ in panels], shared_yaxes=True,
+                        horizontal_spacing=0.04, vertical_spacing=min(0.12, 0.5 / rows))
+    values = sorted(curves[colour].unique().to_list(), key=str) if colour else [None]
+    shown: set[str] = set()
+    for i, (_, panel) in enumerate(panels):
+        row, col = _position(i, cols)
+        where = {c: panel[c][0] for c in panel_by}
+        references = [Reference(name, v) for name, v in zero_shot_values(study, y, where)]
+        for value in values:
+            k = values.index(value)
+            label = f"{colour}={value}" if colour else y
+            match = pl.lit(True) if colour is None else pl.col(colour) == value
+            part = stats.join(panel.select("cell_id").unique(), on="cell_id").filter(match).sort("epoch")
+            if part.is_empty():
+                continue
+            epochs, mean, ci = part["epoch"].to_list(), part["mean"], part["ci"]
+            if ci.null_count() < len(ci):
+                band = {"mode": "lines", "line": {"width": 0}, "hoverinfo": "skip", "showlegend": False,
+                        "legendgroup": label}
+                fig.add_trace(go.Scatter(x=epochs, y=_clip(mean - ci, y).to_list(), **band), row, col)
+                fig.add_trace(go.Scatter(x=epochs, y=_clip(mean + ci, y).to_list(), fill="tonexty",
+                                         fillcolor=_colour(k, 0.2), **band), row, col)
+            seeds = panel.filter(match & (pl.col("status") == COMPLETED))
+            if part["n"].max() < MIN_SEEDS_FOR_CI:
+                fig.add_trace(go.Scatter(x=seeds["epoch"].to_list(), y=seeds[y].to_list(), mode="markers",
+                                         legendgroup=label, showlegend=False, customdata=seeds["seed"].to_list(),
+                                         marker={"color": _colour(k, 0.5), "size": 4},
+                                         hovertemplate="seed %{customdata}, epoch %{x}: %{y:.2f}<extra></extra>"),
+                              row, col)
+            fig.add_trace(
+                go.Scatter(
+                    x=epochs,
+                    y=mean.to_list(),
+                    mode="lines",
+                    name=label,
+                    legendgroup=label,
+                    showlegend=label not in shown,
+                    line={"color": _colour(k), "width": 2},
+                    customdata=part["n"].to_list(),
+                    hovertemplate=f"{label}<br>epoch %{{x}}<br>{y}=%{{y:.2f}} (n=%{{customdata}})<extra></extra>",
+                ),
+                row,
+                col,
+            )
+            shown.add(label)
+            pruned = panel.filter(match & (pl.col("status") == PRUNED))
+            for (_,), trial in pruned.partition_by("trial_id", as_dict=True, maintain_order=True).items():
+                fig.add_trace(go.Scatter(x=trial["epoch"].to_list(), y=trial[y].to_list(), mode="lines",
+                                         legendgroup=label, showlegend=False, opacity=0.5,
+                                         line={"color": _colour(k), "width": 1, "dash": "dash"},
+                                         hoverinfo="skip"), row, col)
+            clean = clean_value(study, cells, y, {**where, **({colour: value} if colour else {})})
+            if clean is not None and where.get(NOISE, 0) != 0:
+                references.append(Reference(f"clean labels, {label}", clean, _colour(k), label))
+        _asha_stops(fig, panel, y, row, col, legend="stopped by ASHA" not in shown)
+        if not panel.filter(pl.col("status") == PRUNED).is_empty():
+            shown.add("stopped by ASHA")
+        _reference_traces(fig, references, panel["epoch"].unique().to_list(), row, col, shown)
+    fig.update_xaxes(title_text="epoch", row=rows)
+    fig.update_yaxes(title_text=f"{_label(y)}, mean", col=1)
+    fig.update_layout(height=rows * (PANEL_HEIGHT - 120 * many) + 80, legend_title_text=colour or "")
+    return fig
+
+
+def _trial_curves(spec: dash.LearningCurves, study: StudyResults) -> go.Figure:
+    colour = _maybe(spec.color, study, "color")
+    by = colour or "status"
+    curves = _curves_with_status(spec, study, [by])
     values = sorted(curves[by].unique().to_list(), key=str)
-    fig = go.Figure()
+    fig = make_subplots(1, 1)
     shown: set[Any] = set()
     for (trial_id,), trial in curves.partition_by("trial_id", maintain_order=True, as_dict=True).items():
         group = trial[by][0]
@@ -353,20 +597,10 @@ def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.D
             )
         )
         shown.add(group)
-    stops = curves.filter(pl.col("status") == PRUNED).group_by("trial_id", maintain_order=True).last()
-    if not stops.is_empty():
-        fig.add_trace(
-            go.Scatter(
-                x=stops["epoch"].to_list(),
-                y=stops[spec.y].to_list(),
-                mode="markers",
-                name="stopped by ASHA",
-                marker={"symbol": "x", "size": 11, "color": "black"},
-                customdata=stops["trial_id"].to_list(),
-                hovertemplate="trial %{customdata} stopped by ASHA after epoch %{x}<extra></extra>",
-            )
-        )
-    fig.update_layout(height=PANEL_HEIGHT + 120, xaxis_title_text="epoch", yaxis_title_text=spec.y)
+    _asha_stops(fig, curves, spec.y)
+    references = [Reference(name, v) for name, v in zero_shot_values(study, spec.y, {})]
+    _reference_traces(fig, references, curves["epoch"].unique().to_list(), 1, 1, set())
+    fig.update_layout(height=PANEL_HEIGHT + 120, xaxis_title_text="epoch", yaxis_title_text=_label(spec.y))
     return fig
 
 
@@ -425,7 +659,7 @@ _BUILDERS: dict[str, tuple[Callable[..., go.Figure], Callable[[Any], str]]] = {
     "heatmap": (_heatmap, _axes_title),
     "bars": (_bars, lambda s: " / ".join(s.ys)),
     "scatter": (_scatter, lambda s: f"{s.y} vs {s.x} per trial"),
-    "learning_curves": (_learning_curves, lambda s: f"{s.y} per epoch, per trial"),
+    "learning_curves": (_learning_curves, lambda s: f"{s.y} per epoch"),
     "param_importance": (_importance, lambda s: "Hyperparameter importance (Optuna PED-ANOVA)"),
     "parallel_coordinates": (_parallel, lambda s: "Parallel coordinates (Optuna)"),
 }

@@ -1,8 +1,12 @@
 """The study report: one HTML file that opens offline, plotly.js inlined once.
 
-Order of the page: status banner (partial or complete), overview, summary
-table, robustness table, excluded trials, the dashboard's figures, the study
-spec. The tables also go beside it as CSV and Markdown.
+Order of the page, the answer first: title and provenance line, status banner
+(the same status `ptlab study status` and `watch` show), how uncertainty is
+given (once), the dashboard's first figure, the summary table (varied factors,
+primary metrics, n, the zero-shot reference), its other figures, the robustness table, the
+details table (secondary metrics, counts and timings), excluded trials, the
+overview, what of the dashboard does not apply to this study, the spec. The
+tables also go beside it as CSV, Markdown and LaTeX.
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ from plotly.offline import get_plotlyjs
 
 from ptlab.report.aggregate import (
     COMPLETED,
+    UNCERTAINTY,
     StudyResults,
+    best_rows,
     cell_summary,
     excluded_trials,
     export_tables,
     format_number,
+    is_bookkeeping,
     load_study,
     paper_table,
+    reference_table,
     robustness_summary,
 )
 from ptlab.report.dashboard import Dashboard, choose_dashboard, load_dashboard
@@ -47,6 +55,10 @@ td.wrap { white-space: normal; max-width: 520px; }
 .scroll { overflow-x: auto; }
 .figure { margin: 22px 0 34px; } .figure p { color: #555; margin: 2px 0 6px; }
 .note { color: #8a6d00; font-style: italic; }
+.prov { color: #666; font-size: 13px; margin: 0 0 6px; }
+.uncertainty { color: #444; font-size: 13.5px; max-width: 1000px; }
+td.best { font-weight: 700; } tr.reference td { font-style: italic; background: #f4f4f8; }
+ul.na { color: #555; }
 pre { background: #f5f6f8; padding: 12px; overflow-x: auto; font-size: 13px; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; } dt { color: #666; } dd { margin: 0; }
 """
@@ -61,45 +73,79 @@ def build_report(study_dir: str | Path, dashboard: str | Path | None = None) -> 
     board_path = choose_dashboard(study.spec, study.folder / "study.yaml", dashboard)
     board = load_dashboard(board_path)
     cells = cell_summary(study.rows, study.keys, study.metrics) if not study.rows.is_empty() else pl.DataFrame()
-    primary = next((m for m in board.summary.metrics if m in study.metrics), "test_acc")
-    robustness = robustness_summary(cells, study.keys, primary) if not cells.is_empty() else pl.DataFrame()
+    primary = [m for m in board.summary.metrics if m in study.metrics]
+    robustness = robustness_summary(cells, study.keys, (primary or ["test_acc"])[0]) if not cells.is_empty() else pl.DataFrame()
     out = study.folder / "report"
-    tables = export_tables(study, cells, robustness, out)
+    tables = export_tables(study, cells, robustness, out, primary)
     figures = [render(spec, study, cells) for spec in board.figures]
     page = out / "index.html"
     page.write_text(_page(study, board, board_path, cells, robustness, figures, tables))
     return page
 
 
+def _status(study: StudyResults) -> dict:
+    """The study's status as `ptlab study status` and `watch` read it; from the stored rows alone if the spec no longer loads."""
+    from ptlab.study.progress import study_status
+    from ptlab.study.spec import StudyError
+
+    try:
+        return study_status(study.folder)
+    except StudyError:
+        return {"state": "unknown", "done": study.trials.height, "planned": study.planned, "running": [], "eta_s": None}
+
+
 def _banner(study: StudyResults) -> str:
-    n = study.trials.height
+    status = _status(study)
+    n, planned, state = status["done"], study.planned, status["state"]
+    folder = escape(str(study.folder))
+    if state == "running":
+        eta = f", about {max(status['eta_s'] / 60, 1):.0f} min to go" if status.get("eta_s") else ""
+        text = (f"Running: {n} of {status['planned']} planned trials have results, {len(status['running'])} "
+                f"running{eta}. This page is a snapshot; `ptlab report {folder}` rebuilds it.")
+        return f'<div class="banner partial" id="status">{text}</div>'
     if n == 0:
         return '<div class="banner partial" id="status">Partial report: no trial has finished yet.</div>'
-    if study.planned is None:
+    if planned is None:
         return (
             '<div class="banner partial" id="status">Partial report (completeness unknown): '
             f"{n} trials have results, and study.yaml does not say how many were planned (no planned_trials).</div>"
         )
     if study.partial:
+        why = (f"The study was interrupted; continue it with `ptlab study resume {folder}`" if state == "interrupted"
+               else "The study is still running or was interrupted")
         return (
-            f'<div class="banner partial" id="status">Partial report: {n} of {study.planned} planned trials have '
-            "results. The study is still running or was interrupted; means use the seeds that exist and "
-            "figures may have holes.</div>"
+            f'<div class="banner partial" id="status">Partial report: {n} of {planned} planned trials have '
+            f"results. {why}; means use the seeds that exist and figures may have holes.</div>"
         )
-    return f'<div class="banner complete" id="status">Complete: all {study.planned} planned trials have results.</div>'
+    return f'<div class="banner complete" id="status">Complete: all {planned} planned trials have results.</div>'
 
 
-def _table(frame: pl.DataFrame, wrap: tuple[str, ...] = ()) -> str:
+def _table(frame: pl.DataFrame, wrap: tuple[str, ...] = (), bold: dict[str, set[int]] | None = None,
+           reference_rows: int = 0) -> str:
+    bold = bold or {}
     head = "".join(f"<th>{escape(c)}</th>" for c in frame.columns)
     rows = []
-    for row in frame.iter_rows():
+    for i, row in enumerate(frame.iter_rows()):
         cells = []
         for column, value in zip(frame.columns, row, strict=True):
             text = format_number(value) if isinstance(value, float) or value is None else str(value)
-            cls = ' class="wrap"' if column in wrap else ""
+            classes = [c for c, on in (("wrap", column in wrap), ("best", i in bold.get(column, ()))) if on]
+            cls = f' class="{" ".join(classes)}"' if classes else ""
             cells.append(f"<td{cls}>{escape(text)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+        kind = ' class="reference"' if i < reference_rows else ""
+        rows.append(f"<tr{kind}>" + "".join(cells) + "</tr>")
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _provenance_line(study: StudyResults) -> str:
+    parts = []
+    for column in PROVENANCE:
+        if column in study.trials.columns:
+            values = ", ".join(str(v) for v in study.trials[column].unique(maintain_order=True).to_list() if v)
+            if values:
+                parts.append(f"{column.removesuffix('_version')} {values}")
+    parts.append("generated " + dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
+    return f'<p class="prov">{escape(" · ".join(parts))}</p>'
 
 
 def _overview(study: StudyResults, board_path: Path) -> str:
@@ -112,7 +158,11 @@ def _overview(study: StudyResults, board_path: Path) -> str:
     if not study.ensembles.is_empty():
         per_size = study.ensembles.group_by(ENSEMBLE_SIZE).len().sort(ENSEMBLE_SIZE).iter_rows()
         items.append(("seed ensembles", ", ".join(f"{n} of {size} seeds" for size, n in per_size)))
+    if not study.references.is_empty():
+        items.append(("reference", f"{study.references.height} zero-shot trial(s) of the same backbone, data and template"))
     items.append(("dashboard", str(board_path)))
+    if study.optuna_storage() is not None:
+        items.append(("Optuna storage", str(study.optuna_storage())))
     if "wall_s" in study.trials.columns:
         items.append(("compute time", f"{study.trials['wall_s'].sum() / 3600:.2f} trial-hours"))
     for column in PROVENANCE:
@@ -120,33 +170,47 @@ def _overview(study: StudyResults, board_path: Path) -> str:
             items.append(
                 (column, ", ".join(str(v) for v in study.trials[column].unique(maintain_order=True).to_list()))
             )
-    items.append(("generated", dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")))
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items) + "</dl>"
 
 
-def _summary(study: StudyResults, board: Dashboard, cells: pl.DataFrame) -> str:
-    if cells.is_empty():
-        return '<p class="note">No completed or flagged trials yet.</p>'
-    wanted = board.summary.metrics
-    metrics = [m for m in wanted if m in study.metrics]
-    parts = []
-    missing = [m for m in wanted if m not in study.metrics]
-    if missing:
-        parts.append(f'<p class="note">Not in these results: {escape(", ".join(missing))}.</p>')
+def _ordered(study: StudyResults, board: Dashboard, cells: pl.DataFrame) -> tuple[pl.DataFrame, str]:
+    """The cells in the dashboard's order, cut to its limit, and the sentence that says so."""
     sort_by = board.summary.sort_by
     if sort_by and f"{sort_by}_mean" in cells.columns:
         cells = cells.sort(f"{sort_by}_mean", descending=board.summary.descending, nulls_last=True)
     limit = board.summary.limit
     if limit and cells.height > limit:
-        parts.append(
-            f"<p>The best {limit} of {cells.height} cells by {escape(sort_by or 'order')}; cells.csv holds all.</p>"
-        )
-        cells = cells.head(limit)
-    table = paper_table(cells, study.keys, metrics)
+        note = f"<p>The best {limit} of {cells.height} cells by {escape(sort_by or 'order')}; cells.csv holds all.</p>"
+        return cells.head(limit), note
+    return cells, ""
+
+
+def _summary(study: StudyResults, primary: list[str], cells: pl.DataFrame, note: str) -> str:
+    """Varied factors, n and the primary metrics, best in bold, the zero-shot reference on top."""
+    if cells.is_empty():
+        return '<p class="note">No completed or flagged trials yet.</p>'
+    table = paper_table(cells, study.keys, primary)
     if cells["n_excluded"].sum():
         table = table.with_columns(cells["excluded"].fill_null("").alias("excluded (not in the mean)"))
-    parts.append(_table(table, wrap=("excluded (not in the mean)",)))
-    return "".join(parts)
+    reference = reference_table(study, study.keys, primary)
+    bold = {m: {i + reference.height for i in rows} for m, rows in best_rows(cells, primary).items()}
+    if not reference.is_empty():
+        table = pl.concat([reference, table], how="diagonal")
+    return note + _table(table, wrap=("excluded (not in the mean)",), bold=bold, reference_rows=reference.height)
+
+
+def _details(study: StudyResults, primary: list[str], cells: pl.DataFrame) -> str:
+    """The metrics the summary leaves out: secondary ones with their CI, then counts and timings as means alone."""
+    rest = [m for m in study.metrics if m not in primary]
+    if cells.is_empty() or not rest:
+        return ""
+    measured = [m for m in rest if not is_bookkeeping(m, study.rows[m])]
+    counts = [m for m in rest if m not in measured]
+    return (
+        '<h2 id="details">Details</h2><p>Secondary metrics (mean ± 95% CI, as above), then counts and timings '
+        f"(mean over the cell's seeds, no interval): {escape(', '.join(counts) or 'none')}.</p>"
+        + _table(paper_table(cells, study.keys, measured + counts))
+    )
 
 
 def _ensembles_note(study: StudyResults) -> str:
@@ -163,8 +227,6 @@ def _figure(i: int, item: Rendered) -> str:
     head = f'<section class="figure" id="figure-{i}"><h3>{escape(item.title)}</h3>'
     if item.description:
         head += f"<p>{escape(item.description)}</p>"
-    if item.figure is None:
-        return head + f'<p class="note">Not shown: {escape(item.note or "")}.</p></section>'
     div = item.figure.to_html(
         full_html=False,
         include_plotlyjs=False,
@@ -172,6 +234,18 @@ def _figure(i: int, item: Rendered) -> str:
         config={"displaylogo": False, "responsive": True},
     )
     return head + div + "</section>"
+
+
+def _not_applicable(board: Dashboard, study: StudyResults, figures: list[Rendered]) -> str:
+    """What of the dashboard this study holds nothing for, listed once instead of as empty sections."""
+    items = [f"{item.title}: {item.note}" for item in figures if item.figure is None]
+    missing = [m for m in board.summary.metrics if m not in study.metrics]
+    if missing:
+        items.insert(0, f"summary column{'s' if len(missing) > 1 else ''} {', '.join(missing)}: no values in these results")
+    if not items:
+        return ""
+    lines = "".join(f"<li>{escape(text)}</li>" for text in items)
+    return f'<h2 id="not-applicable">Not applicable to this study</h2><ul class="na">{lines}</ul>'
 
 
 def _page(
@@ -186,20 +260,26 @@ def _page(
     state = "partial" if study.partial else "complete"
     excluded = excluded_trials(study.trials, study.keys)
     done = study.trials.filter(pl.col("status") == COMPLETED).height if not study.trials.is_empty() else 0
+    primary = [m for m in board.summary.metrics if m in study.metrics]
+    ordered, limit_note = _ordered(study, board, cells) if not cells.is_empty() else (cells, "")
+    drawn = [(i, f) for i, f in enumerate(figures) if f.figure is not None]
     sections = [
         f"<h1>{escape(study.name)}</h1>",
+        _provenance_line(study),
         f'<p class="sub">{escape(board.title)}. {escape(board.description)}</p>',
         _banner(study),
-        '<nav><a href="#summary">Summary</a><a href="#figures">Figures</a><a href="#spec">Study spec</a></nav>',
-        "<h2>Overview</h2>",
-        _overview(study, board_path),
+        f'<p class="uncertainty" id="uncertainty">{escape(UNCERTAINTY)}</p>',
+        "<nav>{nav}</nav>",
+        # The dashboard's first figure is its headline: on the first screen, above the table.
+        *(_figure(i, f) for i, f in drawn[:1]),
         '<h2 id="summary">Summary</h2>',
-        "<p>Per cell: mean ± 95% confidence interval (Student t) over its completed seeds "
-        f"({done} completed trials in all). Flagged and failed trials are left out of the means and listed below; "
-        "pruned trials appear only in the learning curves and search figures.</p>",
+        f"<p>{done} completed trials. Flagged and failed trials are left out of the means and listed below; "
+        "pruned trials appear only in the learning curves and search figures. Best per column in bold.</p>",
         _ensembles_note(study),
-        _summary(study, board, cells),
+        _summary(study, primary, ordered, limit_note),
     ]
+    if len(drawn) > 1:
+        sections += ['<h2 id="figures">More figures</h2>', *(_figure(i, f) for i, f in drawn[1:])]
     if not robustness.is_empty():
         sections += [
             "<h2>Robustness to label noise</h2>",
@@ -208,9 +288,16 @@ def _page(
             "curve's average.</p>",
             _table(robustness),
         ]
+    sections.append(_details(study, primary, ordered))
     if not excluded.is_empty():
         sections += [f"<h2>Excluded trials ({excluded.height})</h2>", _table(excluded, wrap=("error",))]
-    sections += ['<h2 id="figures">Figures</h2>', *(_figure(i, f) for i, f in enumerate(figures))]
+    sections += ['<h2 id="overview">Overview</h2>', _overview(study, board_path)]
+    sections.append(_not_applicable(board, study, figures))
+    anchors = [("summary", "Summary"), ("figures", "Figures"), ("details", "Details"), ("overview", "Overview"),
+               ("not-applicable", "Not applicable"), ("spec", "Study spec")]
+    present = "".join(sections)
+    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in anchors if a == "spec" or f'id="{a}"' in present)
+    sections = [part.replace("<nav>{nav}</nav>", f"<nav>{nav}</nav>") for part in sections]
     links = " · ".join(f'<a href="{escape(p.name)}">{escape(p.name)}</a>' for p in tables)
     sections += [
         '<h2 id="spec">Study spec</h2>',

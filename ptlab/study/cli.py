@@ -107,7 +107,7 @@ def _summarise(spec, study_dir: Path) -> None:
     except Exception as err:  # the results are stored; only the view of them failed
         _fail(f"the study finished but its report failed: {type(err).__name__}: {err}\n"
               f"results are in {study_dir}; rebuild the report with `ptlab report {study_dir}`", code=1)
-    typer.echo(f"report: {html}")
+    typer.echo(f"report: {html.resolve().as_uri()}\n  (rebuild and open it in a browser: ptlab report {study_dir} --open)")
 
 
 @app.command()
@@ -146,6 +146,41 @@ def resume(
     # a driver killed before Tune saved anything leaves nothing to restore: start over in place
     started = (study_dir / TUNE_DIR / "tuner.pkl").is_file()
     _execute(spec, study_dir, address, cpus, resume=started)
+
+
+@app.command()
+def watch(
+    study_dir: Path = typer.Argument(..., help="Study folder of a running (or finished) study."),
+    every: float = typer.Option(2.0, min=0.1, help="Seconds between refreshes."),
+):
+    """Follow a study live, from any terminal: the status the report's banner shows, until no driver runs it."""
+    import time
+    from contextlib import nullcontext
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from ptlab.study.progress import render_status, study_status
+
+    if not (study_dir / "study.yaml").is_file():
+        _fail(f"{study_dir}: not a study folder (no study.yaml)")
+    console = Console()
+    summary, printed = study_status(study_dir), None
+    # In a terminal the table redraws in place; piped to a file, it is printed again whenever a trial ends.
+    with Live(console=console, auto_refresh=False) if console.is_terminal else nullcontext() as live:
+        while True:
+            if live is not None:
+                live.update(render_status(summary), refresh=True)
+            elif printed != (summary["state"], summary["done"]):
+                console.print(render_status(summary))
+                console.file.flush()
+                printed = (summary["state"], summary["done"])
+            if summary["state"] != "running":
+                break
+            time.sleep(every)
+            summary = study_status(study_dir)
+    if summary["state"] == "interrupted":
+        typer.echo(f"no driver is running this study; continue it with: ptlab study resume {study_dir}")
 
 
 @app.command()

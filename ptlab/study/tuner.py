@@ -25,6 +25,7 @@ from ptlab.methods.base import STATUS_FAILED, STATUS_PRUNED
 from ptlab.study.cluster import RayConnection
 from ptlab.study.ensembles import record_ensembles
 from ptlab.study.progress import Progress, write_driver
+from ptlab.study.reference import record_references
 from ptlab.study.spec import StudySpec
 from ptlab.study.store import ResultStore, TrialOutcome
 from ptlab.study.trial import FINAL, TrialPlan, atomic_write, run_trial_fn
@@ -312,4 +313,5 @@ def run_study(spec: StudySpec, study_dir: Path, connection: RayConnection, resum
     if finished:
         record_all(spec, study_dir, grid)
         record_ensembles(spec, trial_plan(spec, study_dir))
+        record_references(spec, trial_plan(spec, study_dir))
     return finished

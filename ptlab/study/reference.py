@@ -1,0 +1,89 @@
+"""The study's zero-shot reference: CLIP with its hand prompt on the same backbone, data and template.
+
+Every prompt-tuning paper draws this line; without it a reader cannot see
+whether a learned prompt beats the hand-written one. Once the study's trials
+have ended, each distinct (backbone, dataset, data, template) of its trials
+gets one zero-shot trial, run on the cluster like any trial (its own folder
+under trials/, its record, its row in results.parquet), marked by the
+`reference` column so that it never counts as one of the study's trials.
+A resumed study finds the row and does not run it again.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+from ptlab.config import TrialConfig
+from ptlab.methods.base import STATUS_FAILED, provenance
+from ptlab.study.spec import StudySpec
+from ptlab.study.store import KEY, ResultStore, TrialOutcome
+from ptlab.study.trial import TrialPlan, execute
+
+ZERO_SHOT = "zeroshot"
+# What a zero-shot prediction depends on; everything else of a trial config is training.
+_SHARED = ("backbone", "dataset", "data", "shots", "template", "templates", "precision", "device")
+# The untrained baselines a study may already run itself, which need no reference.
+_UNTRAINED = (ZERO_SHOT, "zeroshot_mcm")
+
+
+def reference_configs(spec: StudySpec) -> list[TrialConfig]:
+    """One zero-shot config per distinct backbone/data/template of the study's trials; none where it does not apply.
+
+    It does not apply to timm backbones (no text tower), to class-shift scenarios
+    (the test set holds classes with no prompt) or to a study that runs the
+    zero-shot baseline as one of its own methods.
+    """
+    bases = [spec.base] if spec.search else [t.config for t in spec.trials()]
+    methods = set(spec.factors.get("method", [spec.method]))
+    if methods & set(_UNTRAINED):
+        return []
+    configs: dict[str, TrialConfig] = {}
+    for base in bases:
+        if base.backbone.startswith("timm:") or base.data.scenario != "none":
+            continue
+        shared = {name: getattr(base, name) for name in _SHARED}
+        cfg = TrialConfig(method=ZERO_SHOT, seed=spec.seeds[0], **shared)
+        configs.setdefault(cfg.trial_id, cfg)
+    return list(configs.values())
+
+
+def reference_key(cfg: TrialConfig) -> str:
+    """The reference's folder under trials/ and its key in the store, apart from Tune's trial ids."""
+    return f"reference-{cfg.trial_id}"
+
+
+def record_references(spec: StudySpec, plan: TrialPlan) -> int:
+    """Run (on Ray) and store the zero-shot reference rows the study still lacks; returns how many it added."""
+    import ray
+
+    store = ResultStore(plan.study_dir)
+    stored = store.references()
+    have = set(stored[KEY].to_list()) if stored.height else set()
+    run_remote = ray.remote(num_cpus=plan.cpu, num_gpus=plan.gpu)(execute)
+    added = 0
+    for cfg in reference_configs(spec):
+        key = reference_key(cfg)
+        if key in have:
+            continue
+        files = plan.files(key)
+        started, error = time.perf_counter(), ""
+        if files.read_record() is None:
+            try:
+                ray.get(run_remote.remote(cfg, files, plan, lambda row: None, True))
+            except Exception:  # a failed reference is stored as failed; the study's own results stand
+                error = traceback.format_exc()[-4000:]
+        record = files.read_record()
+        timings = {"wall_s": round(time.perf_counter() - started, 3), "finished_at": time.time(), "attempts": 1}
+        common = dict(key=key, trial_id=cfg.trial_id, cell_id=cfg.trial_id, config=cfg.canonical(), curve=[],
+                      reference=ZERO_SHOT)
+        if record is None:
+            outcome = TrialOutcome(status=STATUS_FAILED, metrics={}, timings=timings, provenance=provenance(),
+                                   error=error or "the zero-shot reference wrote no record", **common)
+        else:
+            outcome = TrialOutcome(status=record["status"], metrics=record["metrics"],
+                                   timings={**record["timings"], **timings}, provenance=record["provenance"],
+                                   error=record.get("error", ""), **common)
+        store.add(outcome)
+        added += 1
+    return added
