@@ -9,8 +9,8 @@ import report_fixtures as fx
 from typer.testing import CliRunner
 
 from ptlab.cli import app
-from ptlab.study import progress as progress_module
-from ptlab.study.progress import study_status
+from ptlab.study import status as status_module
+from ptlab.study.status import study_status
 
 
 def progress(folder, state: str, **fields) -> None:
@@ -39,7 +39,7 @@ def test_watch_refreshes_until_the_driver_finishes(tmp_path, monkeypatch):
         return summary
 
     monkeypatch.setattr(time, "sleep", the_driver_moves_on)
-    monkeypatch.setattr(progress_module, "study_status", spy)
+    monkeypatch.setattr(status_module, "study_status", spy)
     result = CliRunner().invoke(app, ["study", "watch", str(folder), "--every", "0.5"])
     assert result.exit_code == 0, result.output
     assert sleeps == [0.5, 0.5]

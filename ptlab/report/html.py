@@ -85,8 +85,8 @@ def build_report(study_dir: str | Path, dashboard: str | Path | None = None) -> 
 
 def _status(study: StudyResults) -> dict:
     """The study's status as `ptlab study status` and `watch` read it; from the stored rows alone if the spec no longer loads."""
-    from ptlab.study.progress import study_status
     from ptlab.study.spec import StudyError
+    from ptlab.study.status import study_status
 
     try:
         return study_status(study.folder)

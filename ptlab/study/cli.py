@@ -160,7 +160,7 @@ def watch(
     from rich.console import Console
     from rich.live import Live
 
-    from ptlab.study.progress import render_status, study_status
+    from ptlab.study.status import render_status, study_status
 
     if not (study_dir / "study.yaml").is_file():
         _fail(f"{study_dir}: not a study folder (no study.yaml)")
