@@ -171,8 +171,18 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Also fail the Optuna trials a killed driver asked for but never saved: nothing will finish them."""
+        """Also fail the Optuna trials a killed driver asked for but never saved: nothing will finish them.
+
+        The pickled state names the journal by the path it had when saved; a copied or
+        moved study must write to its own journal, the one beside this checkpoint.
+        """
+        from optuna.storages.journal import JournalFileBackend
+
         super().restore(checkpoint_path)
+        journal = Path(checkpoint_path).resolve().parent.parent / OPTUNA_JOURNAL
+        backend = getattr(self._ot_study._storage, "_backend", None)
+        if isinstance(backend, JournalFileBackend) and Path(backend._file_path) != journal:
+            backend.__init__(str(journal))  # the one backend every pickled reference shares: path and file lock
         known = {t.number for t in self._ot_trials.values()}
         for orphan in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if orphan.number not in known:
@@ -257,20 +267,29 @@ def build_tuner(spec: StudySpec, study_dir: Path, connection: RayConnection):
         name=TUNE_DIR,
         storage_path=str(study_dir.resolve()),
         failure_config=tune.FailureConfig(max_failures=spec.retries),
-        callbacks=[Recorder(plan), Progress(plan, spec_summary(spec))],
+        callbacks=_callbacks(spec, plan),
         verbose=0,
     )
     return tune.Tuner(_trainable(plan), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
+def _callbacks(spec: StudySpec, plan: TrialPlan) -> list[tune.Callback]:
+    return [Recorder(plan), Progress(plan, spec_summary(spec))]
+
+
 def restore_tuner(spec: StudySpec, study_dir: Path):
-    return tune.Tuner.restore(
+    plan = trial_plan(spec, study_dir)
+    tuner = tune.Tuner.restore(
         str((study_dir / TUNE_DIR).resolve()),
-        trainable=_trainable(trial_plan(spec, study_dir)),
+        trainable=_trainable(plan),
         resume_unfinished=True,
         resume_errored=False,
         restart_errored=False,
     )
+    # The run config comes back from Tune's pickle with callbacks that write to the folder
+    # it was saved in, the original of a copy or the old place of a moved study: this one's instead.
+    tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, plan)
+    return tuner
 
 
 def record_all(spec: StudySpec, study_dir: Path, results) -> int:

@@ -1,0 +1,102 @@
+"""The study folder as a user may treat it: planted files, two drivers at once, damaged derived files."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from ptlab.study.lock import LOCK_FILE, StudyLocked, read_holder, study_lock
+from ptlab.study.trial import TrialFiles
+
+
+class Planted:
+    """Unpickling this runs a shell command, as a planted checkpoint would."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    files = TrialFiles(tmp_path / "trials" / "k")
+    files.folder.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    torch.save({"epoch": 3, "payload": Planted(marker)}, files.checkpoint)
+    with pytest.raises(RuntimeError, match=r"checkpoint.pt: refused to load.*delete the file"):
+        files.load_checkpoint()
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_tensors_and_plain_values_loads(tmp_path):
+    import numpy as np
+
+    files = TrialFiles(tmp_path / "k")
+    files.folder.mkdir()
+    rng = np.random.default_rng([1, 2])
+    files.save_checkpoint({"w": torch.ones(2), "rng": rng.bit_generator.state, "epoch": 2, "curves": [{"a": 1.0}]})
+    state = files.load_checkpoint()
+    assert state["epoch"] == 2 and state["rng"] == rng.bit_generator.state and torch.equal(state["w"], torch.ones(2))
+
+
+def test_a_second_driver_is_refused_with_the_holder_named(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    with study_lock(study, "ptlab study run") as lock:
+        assert read_holder(study)["pid"] == os.getpid()
+        lock.note(cluster_id="abc")
+        with pytest.raises(StudyLocked, match=rf"is being run by pid {os.getpid()} on host {socket.gethostname()}"):
+            with study_lock(study):
+                pass
+    # released: the next driver takes it
+    with study_lock(study) as again:
+        assert again.previous["cluster_id"] == "abc" and again.previous["released"]
+        assert not again.previous_holder_died()
+
+
+def test_another_process_holding_the_lock_refuses_this_one(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from ptlab.study.lock import study_lock
+        with study_lock({str(study)!r}, "ptlab study run"):
+            print("held", flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StudyLocked, match=f"pid {holder.pid} on host"):
+            with study_lock(study):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # killed without releasing: the kernel freed the lock, and the next driver knows its holder died
+    with study_lock(study) as lock:
+        assert lock.previous["pid"] == holder.pid and lock.previous_holder_died()
+        assert json.loads((study / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_a_copied_lock_file_is_no_lock(tmp_path):
+    original, copy = tmp_path / "a", tmp_path / "b"
+    original.mkdir()
+    with study_lock(original):
+        copy.mkdir()
+        (copy / LOCK_FILE).write_bytes((original / LOCK_FILE).read_bytes())
+        with study_lock(copy) as lock:  # the copy's file names a live holder, but nothing holds it
+            assert not lock.previous_holder_died()
+
+
+def test_a_refused_start_leaves_no_folder(tmp_path):
+    with study_lock(tmp_path / "new"):
+        pass
+    assert not (tmp_path / "new").exists()
