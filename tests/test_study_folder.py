@@ -100,3 +100,61 @@ def test_a_refused_start_leaves_no_folder(tmp_path):
     with study_lock(tmp_path / "new"):
         pass
     assert not (tmp_path / "new").exists()
+
+
+# --- relocation: copy and move an interrupted study, resume each where it lies -------------
+
+def _files(folder):
+    return {p.relative_to(folder): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def _interrupted_run(spec, study_dir, connection):
+    """Run the study and interrupt it (SIGINT, as Ctrl-C) once its first trial has ended."""
+    import signal
+    import threading
+    import time
+
+    from ptlab.study.tuner import run_study
+
+    def interrupt():
+        while not list(study_dir.glob("trials/*/record.json")):
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    return run_study(spec, study_dir, connection)
+
+
+@pytest.mark.ray
+def test_copied_and_moved_studies_resume_where_they_lie(random_tiny_clip, tmp_path):
+    import shutil
+
+    import polars as pl
+
+    from ptlab.study.cluster import connect, disconnect
+    from ptlab.study.spec import validate_study
+    from ptlab.study.tuner import run_study
+
+    spec = validate_study({
+        "name": "movable", "method": "coop", "backbone": random_tiny_clip, "dataset": "world:shapes", "shots": 2,
+        "noise_type": "symmetric", "train": {"epochs": 2, "views": 1, "batch_size": 8},
+        "factors": {"noise_rate": [0.0, 0.5]}, "seeds": [1, 2], "runner": "inline", "max_concurrent": 1,
+    })
+    original, copy, moved = tmp_path / "D", tmp_path / "D2", tmp_path / "D3"
+    connection = connect(num_cpus=2)
+    try:
+        assert not _interrupted_run(spec, original, connection)
+        shutil.copytree(original, copy, symlinks=True)
+        before = _files(original)
+        assert run_study(spec, copy, connection, resume=True)
+        assert _files(original) == before, "resuming the copy changed its original"
+        rows = pl.read_parquet(copy / "results.parquet")
+        assert rows.height == 4 and rows["tune_trial_id"].n_unique() == 4 and not {"failed", "pruned"} & set(rows["status"])
+
+        original.rename(moved)
+        assert run_study(spec, moved, connection, resume=True)
+        assert not original.exists()
+        rows = pl.read_parquet(moved / "results.parquet")
+        assert rows.height == 4 and not {"failed", "pruned"} & set(rows["status"])
+    finally:
+        disconnect(connection)

@@ -95,7 +95,8 @@ CATALOGUE = [
      ["unknown scheme 'wrld'", "known:"]),
     ("unknown world task", edit(GOOD, "world:shapes", "world:circles"), "dataset:", "dataset",
      ["unknown world dataset 'circles'", "world:shapes"]),
-    ("unknown backbone as a factor value", edit(GOOD, "  loss: [ce, gce]", "  backbone: [world:tiny-vit, world:big]"),
+    ("unknown backbone as a factor value",
+     edit(edit(GOOD, "backbone: world:tiny-rn\n", ""), "  loss: [ce, gce]", "  backbone: [world:tiny-vit, world:big]"),
      "backbone: [", "factors.backbone[1]", ["unknown world backbone"]),
     ("negative epochs", edit(GOOD, "epochs: 3", "epochs: -5"), "train:", "train.epochs", ["-5", "greater than or equal to 0"]),
     ("unknown train field", edit(GOOD, "lr: 0.002", "lr: 0.002, lerning: 3"), "train:", "train.lerning",
@@ -254,7 +255,13 @@ def test_report_path_resolves_next_to_the_study(tmp_path):
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
 def test_shipped_studies_validate(path):
-    spec = load_study(path)
+    try:
+        spec = load_study(path)
+    except StudyError as err:
+        problems = str(err).splitlines()[1:]
+        if problems and all("'folder:" in p and ": no folder " in p for p in problems):
+            pytest.skip(f"its data folders are not on this machine: {problems[0]}")
+        raise
     assert spec.n_planned() >= 1
 
 
