@@ -127,3 +127,28 @@ def end_cluster(cluster_id: str | None, session_dir: str | None, grace_s: float 
         if latest.is_symlink() and not latest.exists():
             latest.unlink(missing_ok=True)
     return found
+
+
+def dashboard_help(connection: RayConnection) -> str:
+    if not connection.dashboard_url:
+        return "Ray dashboard: not running on this cluster"
+    port = connection.dashboard_url.rsplit(":", 1)[-1]
+    return (
+        f"Ray dashboard: {connection.dashboard_url} (bound to this machine only; token authentication on).\n"
+        f"  Open it in a browser and paste the token printed by `ray get-auth-token` (stored in ~/.ray/auth_token).\n"
+        f"  From another machine: ssh -L {port}:127.0.0.1:{port} THIS_HOST, then open http://127.0.0.1:{port}"
+    )
+
+
+def pin_ray_address() -> None:
+    """Runs first in every worker process of the study: name its own cluster in RAY_ADDRESS.
+
+    Ray's state API, which Ray Train's placement-group cleaner uses to see that
+    a stopped trial's controller is gone, otherwise finds "the" cluster through
+    /tmp/ray/ray_current_cluster, i.e. whichever cluster last started on this
+    machine. With two clusters on a machine the cleaner asks the wrong one, its
+    thread dies, and the placement group of every trial ASHA stops leaks.
+    """
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address

@@ -87,19 +87,20 @@ def check_yaml(root: yaml.Node | None) -> None:
     size(root, ())
 
 
-def check_study(base: dict[str, Any], factors: dict[str, Any], seeds: Any, report: Report, stored: bool = False) -> None:
-    """Every guard on a study's fields as written (base config, resolved factor paths, seeds).
+def check_study(base: dict[str, Any], factors: dict[str, Any], seeds: Any, report: Report, stored: bool = False) -> bool:
+    """Every guard on a study's fields as written (base config, resolved factor paths, seeds); False if the grid is too large.
 
     stored: the file is a study folder's study.yaml, which ptlab wrote; those of older
     versions spell out every base field, factors included.
     """
     if not check_grid_size(factors, seeds, report):
-        return
+        return False
     if not stored:
         check_fixed_and_factor(base, factors, report)
     check_values(base, factors, seeds, report)
     check_context(base, factors, report)
     check_shots(base, factors, report)
+    return True
 
 
 def max_trials() -> int:

@@ -479,7 +479,8 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
         data = _resolve_keys(data, ("search", "space"), issues)
     study = _split_keys(data, issues)
     factors = study.get("factors") if isinstance(study.get("factors"), dict) else {}
-    guards.check_study(study["base"], factors, study.get("seeds", [1]), issues.add, stored="spec_hash" in study)
+    if not guards.check_study(study["base"], factors, study.get("seeds", [1]), issues.add, stored="spec_hash" in study):
+        issues.raise_if_any()  # a grid too large to look at: refused before anything else is judged
     for key in ("method", "backbone", "dataset"):
         problem = _check_value(TrialConfig(), key, data[key]) if isinstance(data.get(key), str) else None
         if problem:
