@@ -158,3 +158,42 @@ def test_copied_and_moved_studies_resume_where_they_lie(random_tiny_clip, tmp_pa
         assert rows.height == 4 and not {"failed", "pruned"} & set(rows["status"])
     finally:
         disconnect(connection)
+
+
+# --- an edited study is refused on resume, naming what changed ------------------------------
+
+STUDY = {"name": "edited", "method": "coop", "dataset": "world:shapes", "shots": 2, "noise_type": "symmetric",
+         "factors": {"noise_rate": [0.0, 0.5], "loss": ["ce", "gce"]}, "seeds": [1, 2], "runner": "inline"}
+
+
+def _edited(**changes):
+    import copy
+
+    from ptlab.study.spec import validate_study
+
+    fields = copy.deepcopy(STUDY)
+    for key, value in changes.items():
+        node, *path = key.split(".")
+        if path:
+            fields[node][path[0]] = value
+        else:
+            fields[node] = value
+    return validate_study(fields)
+
+
+def test_resuming_an_edited_study_is_refused_naming_the_change(tmp_path):
+    from ptlab.study.cluster import RayConnection
+    from ptlab.study.planned import changes, write_planned
+    from ptlab.study.tuner import run_study
+
+    write_planned(_edited(), tmp_path)
+    assert changes(_edited(), tmp_path) == []
+    # ensembles and resources are not part of the plan: changing them changes no trial
+    assert changes(_edited(resources={"cpu": 2}), tmp_path) == []
+    added = changes(_edited(**{"factors.loss": ["ce", "gce", "mae"]}), tmp_path)
+    assert added == ["factors.loss: ['ce', 'gce'] -> ['ce', 'gce', 'mae']"]
+    assert changes(_edited(shots=4), tmp_path) == ["shots: 2 -> 4"]
+    connection = RayConnection(dashboard_url=None, started_here=False, cpus=2, gpus=0)
+    with pytest.raises(RuntimeError, match=r"changed since the study started.*train.lr: 0.002 -> 0.01.*new folder"):
+        run_study(_edited(train={"lr": 0.01}), tmp_path, connection, resume=True)
+    assert not (tmp_path / "tune").exists()

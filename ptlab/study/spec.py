@@ -508,7 +508,8 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
                                         "fix or remove planned_trials")
     if spec.spec_hash is not None and spec.spec_hash != spec.content_hash():
         issues.add(("spec_hash",), f"the study's trials changed since it was written (hash {spec.content_hash()}, "
-                                   f"file says {spec.spec_hash}); remove spec_hash to treat it as a new study")
+                                   f"file says {spec.spec_hash}); undo the change to resume the study, or remove spec_hash and "
+                                   "planned_trials and run it as a new study in a new folder (--out)")
     issues.raise_if_any()
     return spec.model_copy(update={"report": report}) if report else spec
 

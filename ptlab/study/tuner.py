@@ -24,6 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ptlab.methods.base import STATUS_FAILED, STATUS_PRUNED
 from ptlab.study.cluster import RayConnection
 from ptlab.study.ensembles import record_ensembles
+from ptlab.study.planned import refuse_if_changed, write_planned
 from ptlab.study.progress import Progress, write_driver
 from ptlab.study.spec import StudySpec
 from ptlab.study.store import ResultStore, TrialOutcome
@@ -317,8 +318,11 @@ def run_study(spec: StudySpec, study_dir: Path, connection: RayConnection, resum
     """Run (or resume) every trial of the study; True once all planned trials have ended."""
     study_dir = study_dir.resolve()
     slots = trial_slots(spec, connection)  # a study that cannot fit fails before it leaves a folder
-    if not resume:
+    if resume:
+        refuse_if_changed(spec, study_dir)
+    else:
         study_dir.mkdir(parents=True, exist_ok=True)
+        write_planned(spec, study_dir)
         atomic_write(study_dir / STUDY_FILE, spec.to_yaml().encode())
     write_driver(study_dir, connection.dashboard_url, slots)
     # Tune's advice on interruption (Tuner.restore, trials without results yet) is
