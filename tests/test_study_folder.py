@@ -197,3 +197,35 @@ def test_resuming_an_edited_study_is_refused_naming_the_change(tmp_path):
     with pytest.raises(RuntimeError, match=r"changed since the study started.*train.lr: 0.002 -> 0.01.*new folder"):
         run_study(_edited(train={"lr": 0.01}), tmp_path, connection, resume=True)
     assert not (tmp_path / "tune").exists()
+
+
+# --- what a dead driver's local cluster left is ended, and only that ---------------------------
+
+def test_the_next_driver_ends_what_a_dead_one_left_and_only_that(tmp_path):
+    from ptlab.study.cli import _clean_up_after_dead_driver
+    from ptlab.study.cluster import CLUSTER_MARK
+
+    def sleeper(mark):
+        env = {**os.environ, CLUSTER_MARK: mark}
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env)
+
+    left, other = sleeper("dead-driver-cluster"), sleeper("another-cluster")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    session = tmp_path / "ray" / "session_2026-01-01_00-00-00_1"
+    (session / "logs").mkdir(parents=True)
+    (tmp_path / "ray" / "session_latest").symlink_to(session)
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started_at": 0,
+                                              "cluster_id": "dead-driver-cluster", "session_dir": str(session)}))
+    try:
+        with study_lock(study) as lock:
+            _clean_up_after_dead_driver(lock)
+        assert left.wait(timeout=30) is not None
+        assert other.poll() is None, "a process of another cluster was ended"
+        assert not session.exists() and not (tmp_path / "ray" / "session_latest").is_symlink()
+    finally:
+        for proc in (left, other):
+            proc.kill()
+            proc.wait()
