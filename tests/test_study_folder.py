@@ -229,3 +229,17 @@ def test_the_next_driver_ends_what_a_dead_one_left_and_only_that(tmp_path):
         for proc in (left, other):
             proc.kill()
             proc.wait()
+
+
+def test_a_trial_killed_for_memory_is_recorded_failed_with_that_cause(tmp_path):
+    from ptlab.study.tuner import outcome, trial_plan
+
+    spec = _edited()
+    plan = trial_plan(spec, tmp_path)
+    trial = spec.trials()[0]
+    ray_text = ("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.\n"
+                "Memory on the node was 22.5GB / 23.5GB (0.957), which exceeds the memory usage threshold of 0.95.")
+    found = outcome(plan, "k0", {"trial": trial.config.canonical()}, {}, ray_text)
+    assert found.status == "failed" and found.error.startswith("out of memory: ray.exceptions.OutOfMemoryError")
+    other = outcome(plan, "k1", {"trial": trial.config.canonical()}, {}, "ValueError: bad")
+    assert other.error == "ValueError: bad"

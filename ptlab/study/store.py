@@ -156,9 +156,16 @@ class ResultStore:
             problem = "missing"
         except (pl.exceptions.PolarsError, OSError) as err:
             problem = f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        if not self.rebuild(f"{path} is {problem}") or not path.is_file():
+        outcomes = self._outcomes()
+        # missing is also how a file starts: rebuilt only when some recorded outcome has rows for it
+        needed = any(o.curve for o in outcomes) if path == self.curves_path else bool(outcomes)
+        if not needed and problem == "missing":
             return pl.DataFrame()
-        return pl.read_parquet(path)
+        if not outcomes:
+            print(f"{path} is {problem}, and no trial folder holds an {OUTCOME} to rebuild it from", file=sys.stderr)
+            return pl.DataFrame()
+        self.rebuild(f"{path} is {problem}", outcomes)
+        return pl.read_parquet(path) if path.is_file() else pl.DataFrame()
 
     def _outcomes(self) -> list[TrialOutcome]:
         outcomes = []
@@ -169,11 +176,8 @@ class ResultStore:
                 print(f"{path}: skipped, unreadable ({err})", file=sys.stderr)
         return outcomes
 
-    def rebuild(self, why: str) -> bool:
-        """Write both Parquet files afresh from the trial folders; False if no trial has recorded an outcome."""
-        outcomes = self._outcomes()
-        if not outcomes:
-            return False
+    def rebuild(self, why: str, outcomes: list[TrialOutcome]) -> None:
+        """Write both Parquet files afresh from the trials' recorded outcomes."""
         ensembles = json.loads((self.folder / ENSEMBLES).read_text()) if (self.folder / ENSEMBLES).is_file() else []
         curves = [pl.DataFrame(o.curve_rows()) for o in outcomes if o.curve]
         self._write(self.curves_path, curves)
@@ -182,7 +186,6 @@ class ResultStore:
             rows.append(self._ensemble_frame(ensembles))
         self._write(self.results_path, rows)
         print(f"{why}; rebuilt {RESULTS} and {CURVES} from {len(outcomes)} trial folders", file=sys.stderr)
-        return True
 
     def keys(self) -> set[str]:
         df = self.results()

@@ -62,6 +62,17 @@ def _provenance() -> dict[str, str]:
     return provenance()
 
 
+# How Ray (its memory monitor), torch and Python report a trial killed or stopped for memory.
+OUT_OF_MEMORY = ("OutOfMemoryError", "MemoryError", "out of memory", "running low on memory")
+
+
+def failure_text(error: str) -> str:
+    """A failed trial's stored error, led by its cause where it is known ("out of memory"); at most 4000 characters."""
+    if any(marker in error for marker in OUT_OF_MEMORY):
+        return "out of memory: " + error[-3985:]
+    return error[-4000:]
+
+
 def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, error: str | None) -> TrialOutcome | None:
     """One trial's outcome from what Tune knows of it and what the trial wrote; None if it has not ended."""
     from ptlab.study.space import cell_id
@@ -74,7 +85,7 @@ def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, err
     if error is not None:
         timings = {"wall_s": last_result.get("time_total_s"), "attempts": files.attempts(), "finished_at": time.time()}
         return TrialOutcome(status=STATUS_FAILED, metrics=dict(curve[-1]) if curve else {}, timings=timings,
-                            provenance=_provenance(), error=error[-4000:], **common)
+                            provenance=_provenance(), error=failure_text(error), **common)
     if last_result.get(FINAL) and record is not None:
         return TrialOutcome(status=record["status"], metrics=record["metrics"], timings=record["timings"],
                             provenance=record["provenance"], error=record.get("error", ""), **common)
