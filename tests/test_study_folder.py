@@ -243,3 +243,31 @@ def test_a_trial_killed_for_memory_is_recorded_failed_with_that_cause(tmp_path):
     assert found.status == "failed" and found.error.startswith("out of memory: ray.exceptions.OutOfMemoryError")
     other = outcome(plan, "k1", {"trial": trial.config.canonical()}, {}, "ValueError: bad")
     assert other.error == "ValueError: bad"
+
+
+def test_a_restored_searcher_writes_to_the_journal_of_the_folder_it_was_restored_from(tmp_path):
+    import shutil
+
+    from optuna.storages.journal import JournalFileBackend
+
+    from ptlab.study.spec import validate_study
+    from ptlab.study.tuner import OPTUNA_JOURNAL, TUNE_DIR, _searcher
+
+    spec = validate_study({"name": "s", "method": "coop", "dataset": "world:shapes", "train": {"epochs": 4},
+                           "search": {"space": {"lr": {"log_uniform": [1e-4, 1e-1]}}, "samples": 2}})
+    original, copy = tmp_path / "D", tmp_path / "D2"
+    (original / TUNE_DIR).mkdir(parents=True)
+    searcher = _searcher(spec, original)
+    searcher.set_search_properties(None, None, {})
+    searcher.suggest("t1")
+    searcher.save(str(original / TUNE_DIR / "searcher-state.pkl"))
+    shutil.copytree(original, copy)
+    before = (original / OPTUNA_JOURNAL).read_bytes()
+
+    restored = _searcher(spec, copy)
+    restored.restore(str(copy / TUNE_DIR / "searcher-state.pkl"))
+    backend = restored._ot_study._storage._backend
+    assert isinstance(backend, JournalFileBackend) and backend._file_path == str(copy / OPTUNA_JOURNAL)
+    restored.suggest("t2")
+    assert (original / OPTUNA_JOURNAL).read_bytes() == before
+    assert len((copy / OPTUNA_JOURNAL).read_bytes()) > len(before)
