@@ -122,13 +122,7 @@ def check_grid_size(factors: dict[str, Any], seeds: Any, report: Report) -> bool
     return True
 
 
-def _has_path(tree: dict[str, Any], path: str) -> bool:
-    node: Any = tree
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+_ABSENT = object()
 
 
 def _get(tree: dict[str, Any], path: str, default: Any) -> Any:
@@ -155,7 +149,7 @@ def without_paths(tree: dict[str, Any], paths: list[str]) -> dict[str, Any]:
 
 def check_fixed_and_factor(base: dict[str, Any], factors: dict[str, Any], report: Report) -> None:
     for path in factors:
-        if path != "method" and _has_path(base, path):
+        if path != "method" and _get(base, path, _ABSENT) is not _ABSENT:
             report(("factors", path), f"{path} is also set to {_get(base, path, None)!r} outside the factors; "
                                       "a field is either fixed or a factor: remove one of the two")
 
