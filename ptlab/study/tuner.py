@@ -300,7 +300,9 @@ def restore_tuner(spec: StudySpec, study_dir: Path):
     )
     # The run config comes back from Tune's pickle with callbacks that write to the folder
     # it was saved in, the original of a copy or the old place of a moved study: this one's instead.
-    tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, plan)
+    # (Through Ray Client the tuner lives on the cluster, out of reach: resume there in place.)
+    if tuner._local_tuner is not None:
+        tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, plan)
     return tuner
 
 
