@@ -43,14 +43,17 @@ def trial_run(
     from dataclasses import asdict
 
     from ptlab.config import ConfigError, load_trial_config
+    from ptlab.data.sources import DataError
     from ptlab.methods import run_trial
     from ptlab.methods.base import TrialContext
+    from ptlab.models.backbone import BackboneError
     from ptlab.resources import size_torch_threads
 
     try:
         cfg = load_trial_config(config)
     except ConfigError as err:
         _fail(str(err))
+    _check_names(cfg, config)
 
     def report(epoch: int, metrics: dict) -> None:
         if not quiet:
@@ -61,12 +64,34 @@ def trial_run(
     if cache_dir:
         ctx.cache_dir = cache_dir
     size_torch_threads()
-    record = run_trial(cfg, ctx)
+    try:
+        record = run_trial(cfg, ctx)
+    except (BackboneError, DataError) as err:  # files the config names that are missing or damaged
+        _fail(f"{config}: {err}")
     typer.echo(f"trial {record.trial_id}  method {cfg.method}  status {record.status}")
     for key, value in record.metrics.items():
         typer.echo(f"  {key:>18}: {value:.4f}" if isinstance(value, float) else f"  {key:>18}: {value}")
     if output:
         output.write_text(json.dumps(asdict(record), indent=2, default=str))
+
+
+def _check_names(cfg, config: Path) -> None:
+    """Method, backbone and dataset names a trial config may misspell, refused before anything loads."""
+    import difflib
+
+    from ptlab.methods import METHODS
+    from ptlab.study.spec import backbone_problem, dataset_problem
+
+    problems = []
+    if cfg.method not in METHODS:
+        near = difflib.get_close_matches(cfg.method, list(METHODS), n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        problems.append(f"field method: unknown method {cfg.method!r}; {hint}allowed: {', '.join(sorted(METHODS))}")
+    for field, problem in (("backbone", backbone_problem(cfg.backbone)), ("dataset", dataset_problem(cfg.dataset))):
+        if problem:
+            problems.append(f"field {field}: {problem}")
+    if problems:
+        _fail("\n".join([f"{config}: invalid trial config", *(f"  {p}" for p in problems)]))
 
 
 @world_app.command("pretrain")
@@ -174,11 +199,21 @@ def data_check(
 ):
     """Check that a dataset is readable and well formed; list every problem found."""
     from ptlab.config import DataConfig
-    from ptlab.data.sources import check_dataset
+    from ptlab.data.sources import check_dataset, load_dataset, split_counts
 
-    problems = check_dataset(source, DataConfig(root=str(root) if root else None))
+    options = DataConfig(root=str(root) if root else None)
+    problems = check_dataset(source, options)
     if problems:
         for p in problems:
             typer.secho(f"  - {p}", fg=typer.colors.RED)
         _fail(f"{source}: {len(problems)} problem(s)")
-    typer.secho(f"{source}: ok", fg=typer.colors.GREEN)
+    bundle = load_dataset(source, options)
+    counts = split_counts(bundle)
+    for name, per_class in counts.items():
+        typer.echo(f"{name:>6}: {int(per_class.sum())} images, {bundle.n_classes} classes, "
+                   f"{int(per_class.min())} to {int(per_class.max())} a class")
+    width = max(len(c) for c in bundle.classnames)
+    typer.echo(f"{'class':<{width}}  " + "  ".join(f"{name:>6}" for name in counts))
+    for c, classname in enumerate(bundle.classnames):
+        typer.echo(f"{classname:<{width}}  " + "  ".join(f"{int(n[c]):>6}" for n in counts.values()))
+    typer.secho(f"{source}: ok, every image decodes", fg=typer.colors.GREEN)

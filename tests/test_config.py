@@ -36,3 +36,16 @@ def test_empty_file_is_the_default_trial(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert load_trial_config(empty) == TrialConfig()
+
+
+def test_trial_run_refuses_misspelt_names_without_a_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from ptlab.cli import app
+
+    config = tmp_path / "trial.yaml"
+    config.write_text("method: coopp\nbackbone: world:tiny-rnn\ndataset: world:shapes\n")
+    result = CliRunner().invoke(app, ["trial", "run", "--config", str(config)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "field method: unknown method 'coopp'; did you mean 'coop'?" in result.output
+    assert "field backbone: unknown world backbone 'world:tiny-rnn'" in result.output

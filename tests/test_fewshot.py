@@ -98,3 +98,12 @@ def test_validation_sample_sizes_and_independence_from_the_training_draw():
 def test_bad_inputs_are_rejected_with_a_clear_message(labels, shots, message):
     with pytest.raises(ValueError, match=message):
         few_shot_indices(labels, shots, 1, "d")
+
+
+def test_shots_beyond_a_class_warn_and_take_the_whole_class():
+    from ptlab.data.fewshot import FewerShotsWarning
+
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 10)
+    with pytest.warns(FewerShotsWarning, match=r"shots=5, but 1 of 3 classes hold fewer images \(the fewest 3\)"):
+        picked = few_shot_indices(labels, 5, 1, "d")
+    assert np.bincount(labels[picked]).tolist() == [5, 3, 5]

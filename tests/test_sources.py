@@ -432,3 +432,22 @@ def test_torchvision_food101_carves_val_from_train(tmp_path):
     counts = {s: np.bincount(bundle.split(s).labels).tolist() for s in ("train", "val", "test")}
     assert counts == {"train": [4, 4], "val": [1, 1], "test": [2, 2]}
     assert not set(bundle.split("train").images.paths) & set(bundle.split("val").images.paths)
+
+
+def test_data_check_decodes_bodies_and_prints_counts(tmp_path):
+    from typer.testing import CliRunner
+
+    from ptlab.cli import app
+
+    for cls, n in (("cat", 4), ("dog", 3)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.effect_noise((64, 64), 60).convert("RGB").save(tmp_path / "data" / cls / f"{i}.jpg")
+    ok = CliRunner().invoke(app, ["data", "check", f"folder:{tmp_path / 'data'}"])
+    assert ok.exit_code == 0, ok.output
+    assert "2 classes" in ok.output and "ok, every image decodes" in ok.output
+    assert any(line.split()[:1] == ["cat"] for line in ok.output.splitlines())
+    whole = (tmp_path / "data" / "cat" / "0.jpg").read_bytes()
+    (tmp_path / "data" / "cat" / "0.jpg").write_bytes(whole[: len(whole) // 2])  # header intact, body cut
+    broken = CliRunner().invoke(app, ["data", "check", f"folder:{tmp_path / 'data'}"])
+    assert broken.exit_code == 2 and "0.jpg: not a readable image" in broken.output

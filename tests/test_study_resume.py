@@ -139,7 +139,7 @@ def test_resume_after_the_driver_is_killed_loses_and_duplicates_nothing(random_t
     kill_session(driver.proc.pid)
     driver.wait(timeout=30)
     finished_before = {t.name: (t / "record.json").stat().st_mtime_ns for t in trials.glob("*") if (t / "record.json").is_file()}
-    checkpointed = {t.name: torch.load(t / "checkpoint.pt", weights_only=False)["epoch"]
+    checkpointed = {t.name: torch.load(t / "checkpoint.pt", weights_only=True)["epoch"]
                     for t in trials.glob("*") if (t / "checkpoint.pt").is_file() and t.name not in finished_before}
     assert finished_before and checkpointed
     rows_before = pl.read_parquet(study_dir / "results.parquet").height if (study_dir / "results.parquet").is_file() else 0

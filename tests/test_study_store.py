@@ -130,3 +130,58 @@ def test_kill_at_any_moment_leaves_readable_files_with_every_finished_trial(tmp_
         assert results.height >= finished
         assert set(results["tune_trial_id"]) <= set(curves["tune_trial_id"])
         assert results["tune_trial_id"].n_unique() == results.height
+
+
+def test_damaged_or_missing_parquet_is_rebuilt_from_the_trial_folders(tmp_path, capsys):
+    store = ResultStore(tmp_path)
+    store.add(outcome("t1"))
+    failed = outcome("t2", seed=2)
+    failed.status, failed.metrics, failed.curve, failed.error = "failed", {}, [], "out of memory: killed"
+    store.add(failed)
+    store.add(outcome("t3", seed=3, epochs=2))
+    store.set_ensembles([{"trial_id": "ens-1", "cell_id": "c-ens2", "method": "upl_ensemble", "status": "completed",
+                          "ensemble_size": 2, "test_acc": 80.0}])
+    before, curves_before = store.rows().sort("tune_trial_id"), store.curves().sort("tune_trial_id", "epoch")
+    capsys.readouterr()
+
+    data = store.results_path.read_bytes()
+    store.results_path.write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
+    store.curves_path.unlink()
+    again = ResultStore(tmp_path).rows().sort("tune_trial_id")
+    assert "is unreadable" in capsys.readouterr().err
+    assert again.select(before.columns).equals(before)
+    assert ResultStore(tmp_path).curves().sort("tune_trial_id", "epoch").select(curves_before.columns).equals(curves_before)
+    assert ResultStore(tmp_path).keys() == {"t1", "t2", "t3"}
+    # the rebuilt files are whole again: reading them says nothing more
+    ResultStore(tmp_path).rows()
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_status_survives_a_truncated_results_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from ptlab.cli import app
+    from ptlab.study.spec import validate_study
+
+    spec = validate_study({"name": "s", "method": "coop", "dataset": "world:shapes", "shots": 2,
+                           "noise_type": "symmetric", "factors": {"noise_rate": [0.25]}, "seeds": [1, 2, 3]})
+    (tmp_path / "study.yaml").write_text(spec.to_yaml())
+    store = ResultStore(tmp_path)
+    for i, seed in enumerate((1, 2, 3)):
+        store.add(outcome(f"t{i}", seed=seed))
+    store.results_path.write_bytes(store.results_path.read_bytes()[:100])
+    result = CliRunner().invoke(app, ["study", "status", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "rebuilt results.parquet and curves.parquet from 3 trial folders" in result.output
+    assert "3/3 finished" in result.output
+
+
+def test_the_report_reads_through_a_missing_results_file(tmp_path):
+    from ptlab.report.aggregate import load_study
+
+    (tmp_path / "study.yaml").write_text("name: s\nmethod: coop\nfactors: {}\n")
+    store = ResultStore(tmp_path)
+    store.add(outcome("t1"))
+    store.add(outcome("t2", seed=2))
+    store.results_path.unlink()
+    assert sorted(load_study(tmp_path).trials["tune_trial_id"].to_list()) == ["t1", "t2"]

@@ -42,6 +42,18 @@ def test_ensemble_is_the_mean_of_the_members_logits():
     assert ensemble_metrics([a, b], labels)["test_acc"] == 100 * accuracy((a + b) / 2, labels)
 
 
+def test_a_cell_whose_members_all_failed_records_that_no_ensemble_could_be_formed(tmp_path):
+    rows = [{"trial_id": f"t{seed}", "cell_id": "c", "seed": seed, "method": "upl", "status": "failed", "loss": "ce"}
+            for seed in (1, 2)]
+    rows.append({"trial_id": "t3", "cell_id": "d", "seed": 1, "method": "upl", "status": "completed", "loss": "gce"})
+    save_test_logits(tmp_path / "t3", np.eye(3), np.arange(3))
+    out = {r["cell_id"]: r for r in ensemble_rows(rows, tmp_path, sizes=[2])}
+    assert out["c-ens2"]["status"] == "failed" and out["c-ens2"]["ensemble_size"] == 2
+    assert "no ensemble could be formed: none of the cell's 2 trials completed (failed)" in out["c-ens2"]["error"]
+    assert out["c-ens2"]["loss"] == "ce" and out["c-ens2"]["method"] == "upl_ensemble"
+    assert out["d-ens1"]["status"] == "completed" and out["d-ens1"]["test_acc"] == 100.0
+
+
 def _upl_cfg(backbone, method, seed, **kw):
     base = dict(method=method, backbone=backbone, dataset="world:shapes", shots=4, n_ctx=4, seed=seed,
                 train=TrainConfig(epochs=1, views=2))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import warnings
 
 import numpy as np
 
@@ -91,8 +92,18 @@ def few_shot_indices(labels: np.ndarray | list[int], shots: int, seed: int, data
     if shots == 0:
         return np.arange(len(labels))
     keys = random_keys(seeded_generator("few-shot", dataset, seed), len(labels))
+    sizes = np.bincount(labels)
+    short = np.flatnonzero((sizes > 0) & (sizes < shots))
+    if len(short):
+        warnings.warn(f"{dataset}: shots={shots}, but {len(short)} of {np.count_nonzero(sizes)} classes hold fewer "
+                      f"images (the fewest {sizes[short].min()}); those classes give every image they have",
+                      FewerShotsWarning, stacklevel=2)
     counts = np.full(int(labels.max(initial=-1)) + 1, shots)
     return lowest_keys_per_class(labels, keys, counts)
+
+
+class FewerShotsWarning(UserWarning):
+    """A K-shot sample in which some classes have fewer than K images."""
 
 
 def validation_shots(shots: int, val_shots: int | None = None) -> int:

@@ -182,9 +182,9 @@ def _load_cached(scheme: str, rest: str, options: DataConfig, env_root: str | No
 
 
 def check_dataset(source: str, options: DataConfig | None = None) -> list[str]:
-    """Every problem `ptlab data check` finds: structure, then that each image file opens.
+    """Every problem `ptlab data check` finds: structure, then that each image file decodes.
 
-    Reads the disk as it is now (no cache) and opens each image header, so it
+    Reads the disk as it is now (no cache) and decodes every image, so it
     costs a pass over the files, unlike loading, which only stats them.
     """
     try:
@@ -212,11 +212,17 @@ def _unreadable(paths: Sequence[str]) -> list[str]:
     problems = []
     for path in paths:
         try:
+            # decoded whole: a valid header over a truncated body only fails here (verify() reads the header)
             with Image.open(path) as im:
-                im.verify()
-        except (OSError, SyntaxError) as err:  # PIL reports some broken files as SyntaxError
+                im.load()
+        except (OSError, SyntaxError, ValueError) as err:  # PIL reports some broken files as SyntaxError
             problems.append(f"{path}: not a readable image: {err}")
     return problems
+
+
+def split_counts(bundle: DatasetBundle) -> dict[str, np.ndarray]:
+    """Images per class in each split: what `ptlab data check` prints."""
+    return {name: class_counts(split.labels, bundle.n_classes) for name, split in bundle.splits.items()}
 
 
 def _world_names() -> list[str]:

@@ -82,6 +82,9 @@ def ensemble_rows(
         1, 2, 4, 8, 16 for accuracy against ensemble size); default: one
         ensemble of every seed.
 
+    A cell none of whose trials completed gets one row per size with status
+    failed and the reason in `error`: no ensemble could be formed.
+
     A row keeps the members' config columns but the seed (flattened as
     results tables hold them: "train.lr", "method_options"), names the
     method `<method>_ensemble`, and holds ensemble_size, ensemble_seeds,
@@ -92,11 +95,14 @@ def ensemble_rows(
     folder_of = artifacts if callable(artifacts) else (lambda trial_id: Path(artifacts) / trial_id)
     cells: dict[str, list[dict[str, Any]]] = {}
     for row in _rows(results):
-        if row.get("method") in methods and row.get("status") == "completed":
+        if row.get("method") in methods:
             cells.setdefault(row["cell_id"], []).append(row)
     out = []
-    for cell_id, members in cells.items():
-        members = sorted(members, key=lambda r: r["seed"])
+    for cell_id, trials in cells.items():
+        members = sorted((r for r in trials if r.get("status") == "completed"), key=lambda r: r["seed"])
+        if not members:
+            out += [_no_ensemble(cell_id, trials, n) for n in sorted(set(sizes or [len(trials)]))]
+            continue
         loaded = [load_test_logits(folder_of(r["trial_id"])) for r in members]
         labels = loaded[0][1]
         if any(not np.array_equal(lab, labels) for _, lab in loaded):
@@ -120,6 +126,24 @@ CONFIG_COLUMNS = frozenset(_flat_paths(TrialConfig().canonical()) - {"seed"} | {
 
 def _is_config(column: str) -> bool:
     return column in CONFIG_COLUMNS or column.startswith("method_options.")
+
+
+def _no_ensemble(cell_id: str, trials: list[dict], size: int) -> dict[str, Any]:
+    """The row saying that no member of a cell completed, so none of its ensembles could be formed."""
+    first = trials[0]
+    row = {k: v for k, v in first.items() if _is_config(k)}
+    row.update(
+        trial_id="ens-" + hashlib.sha256(f"{cell_id}-none{size}".encode()).hexdigest()[:12],
+        cell_id=f"{cell_id}-ens{size}",
+        method=f"{first['method']}_ensemble",
+        status="failed",
+        ensemble_size=size,
+        ensemble_seeds="",
+        ensemble_members="",
+        error=f"no ensemble could be formed: none of the cell's {len(trials)} trials completed "
+              f"({', '.join(sorted({str(t.get('status')) for t in trials}))})",
+    )
+    return row
 
 
 def _ensemble_row(cell_id: str, members: list[dict], logits: list[np.ndarray], labels: np.ndarray) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel
 
 from ptlab.config import TrialConfig
-from ptlab.study.store import ENSEMBLE_SIZE, is_ensemble, is_reference
+from ptlab.study.store import ENSEMBLE_SIZE, ResultStore, is_ensemble, is_reference
 
 COMPLETED = "completed"
 PRUNED = "pruned"
@@ -145,16 +145,15 @@ def load_study(folder: str | Path) -> StudyResults:
     spec = yaml.safe_load(spec_text) or {}
     if not isinstance(spec, dict):
         raise ValueError(f"{spec_path}: a study spec is a mapping")
-    results_path = folder / "results.parquet"
-    rows = pl.read_parquet(results_path) if results_path.is_file() else pl.DataFrame()
+    store = ResultStore(folder)  # rebuilds a missing or damaged Parquet file from the trial folders
+    rows = store.rows()
     if not rows.is_empty():
         # A retried trial is appended again; its latest row is the one that counts.
         rows = spread_method_options(rows.unique(subset="trial_id", keep="last", maintain_order=True))
     ensemble, reference = is_ensemble(rows), is_reference(rows)
     references = rows.filter(reference) if not rows.is_empty() else rows
     rows = rows.filter(~reference) if not rows.is_empty() else rows
-    curves_path = folder / "curves.parquet"
-    curves = pl.read_parquet(curves_path) if curves_path.is_file() else pl.DataFrame()
+    curves = store.curves()
     factors = list((spec.get("factors") or {}).keys())
     return StudyResults(
         folder=folder,

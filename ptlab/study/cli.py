@@ -60,8 +60,38 @@ def validate(study: Path = typer.Argument(..., help="Study YAML file.")):
     typer.secho(f"{study}: valid", fg=typer.colors.GREEN)
 
 
-def _execute(spec, study_dir: Path, address: str | None, cpus: int | None, resume: bool) -> None:
-    from ptlab.study.cluster import connect, dashboard_help
+def _execute(spec, study_dir: Path, address: str | None, cpus: int | None, command: str) -> None:
+    """Run (command "run") or continue ("resume") the study in study_dir, holding the folder's lock throughout."""
+    from ptlab.study.lock import StudyLocked, study_lock
+    from ptlab.study.tuner import TUNE_DIR
+
+    try:
+        with study_lock(study_dir, f"ptlab study {command}") as lock:
+            if command == "run" and (study_dir / "study.yaml").is_file():
+                _fail(f"{study_dir} already holds a study; continue it with `ptlab study resume {study_dir}` "
+                      "or choose another folder with --out")
+            _clean_up_after_dead_driver(lock)
+            # a driver killed before Tune saved anything leaves nothing to restore: start over in place
+            resume = command == "resume" and (study_dir / TUNE_DIR / "tuner.pkl").is_file()
+            _drive(spec, study_dir, address, cpus, resume, lock)
+    except StudyLocked as err:
+        _fail(str(err))
+    _summarise(spec, study_dir)
+
+
+def _clean_up_after_dead_driver(lock) -> None:
+    from ptlab.study.cluster import end_cluster
+
+    previous = lock.previous
+    if not lock.previous_holder_died():
+        return
+    left = end_cluster(previous.get("cluster_id"), previous.get("session_dir"))
+    typer.echo(f"the study's last driver (pid {previous['pid']}) died without releasing it"
+               + (f"; ended {left} processes of the Ray cluster it had started" if left else ""))
+
+
+def _drive(spec, study_dir: Path, address: str | None, cpus: int | None, resume: bool, lock) -> None:
+    from ptlab.study.cluster import connect, dashboard_help, disconnect
     from ptlab.study.tuner import run_study
 
     try:
@@ -72,6 +102,8 @@ def _execute(spec, study_dir: Path, address: str | None, cpus: int | None, resum
             hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its token "
                     "in RAY_AUTH_TOKEN or ~/.ray/auth_token")
         _fail(f"could not {'join the Ray cluster at ' + address if address else 'start Ray'}: {err}{hint}")
+    if connection.started_here:
+        lock.note(cluster_id=connection.cluster_id, session_dir=connection.session_dir)
     typer.echo(dashboard_help(connection))
     typer.echo(f"study folder: {study_dir}")
     try:
@@ -81,14 +113,10 @@ def _execute(spec, study_dir: Path, address: str | None, cpus: int | None, resum
     except KeyboardInterrupt:
         finished = False
     finally:
-        if connection.started_here:
-            import ray
-
-            ray.shutdown()
+        disconnect(connection)
     if not finished:
         _fail(f"interrupted: finished trials are stored in {study_dir}. "
               f"Continue with: ptlab study resume {study_dir}", code=130)
-    _summarise(spec, study_dir)
 
 
 def _summarise(spec, study_dir: Path) -> None:
@@ -124,10 +152,7 @@ def run(
     if dry_run:
         return
     study_dir = (out or Path("runs") / spec.name).resolve()
-    if (study_dir / "study.yaml").is_file():
-        _fail(f"{study_dir} already holds a study; continue it with `ptlab study resume {study_dir}` "
-              "or choose another folder with --out")
-    _execute(spec, study_dir, address, cpus, resume=False)
+    _execute(spec, study_dir, address, cpus, "run")
 
 
 @app.command()
@@ -137,15 +162,11 @@ def resume(
     cpus: int = typer.Option(None, help=CPUS_HELP),
 ):
     """Continue an interrupted study: finished trials are kept, unfinished ones resume from their checkpoints."""
-    from ptlab.study.tuner import TUNE_DIR
-
     study_dir = study_dir.resolve()
     if not (study_dir / "study.yaml").is_file():
         _fail(f"{study_dir}: not a study folder (no study.yaml); start a study with `ptlab study run STUDY.yaml`")
     spec = _load(study_dir / "study.yaml")
-    # a driver killed before Tune saved anything leaves nothing to restore: start over in place
-    started = (study_dir / TUNE_DIR / "tuner.pkl").is_file()
-    _execute(spec, study_dir, address, cpus, resume=started)
+    _execute(spec, study_dir, address, cpus, "resume")
 
 
 @app.command()

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import signal
+import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 # The Train controller polls its workers this often (s); Ray's 2 s default throttles short epochs.
 TRAIN_POLL_S = "0.25"
@@ -23,6 +28,10 @@ RAY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
 }
 FORWARDED_ENV_PREFIXES = ("PTLAB_", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
+# Set in the driver before it starts a local cluster: every process of that cluster (GCS,
+# raylet, agents, workers, what trials start) inherits it, which is how the processes a
+# dead driver left are found later, and only those.
+CLUSTER_MARK = "PTLAB_CLUSTER_ID"
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,8 @@ class RayConnection:
     started_here: bool
     cpus: float
     gpus: float
+    cluster_id: str | None = None  # local clusters: the CLUSTER_MARK value of their processes
+    session_dir: str | None = None  # local clusters: Ray's session folder (/tmp/ray/session_...)
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> RayConnection:
@@ -46,6 +57,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RayConne
     if not address:
         # It watches for nodes being drained (spot instances); one process less per trial here.
         os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+        os.environ[CLUSTER_MARK] = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) or k in RAY_ENV
            or k == "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"}
     runtime_env = {"env_vars": env, "worker_process_setup_hook": "ptlab.study.cluster.pin_ray_address"}
@@ -64,7 +76,57 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RayConne
         started_here=not address,
         cpus=float(resources.get("CPU", 0)),
         gpus=float(resources.get("GPU", 0)),
+        cluster_id=None if address else os.environ[CLUSTER_MARK],
+        session_dir=None if address else context.address_info.get("session_dir"),
     )
+
+
+def disconnect(connection: RayConnection) -> None:
+    """Leave the cluster; one started here is stopped and its session folder removed."""
+    import ray
+
+    ray.shutdown()
+    if connection.started_here:
+        end_cluster(connection.cluster_id, connection.session_dir)
+        os.environ.pop(CLUSTER_MARK, None)
+
+
+def _marked_processes(cluster_id: str) -> list[int]:
+    """Processes of this user whose environment carries the cluster's mark."""
+    needle = f"{CLUSTER_MARK}={cluster_id}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # ended meanwhile, or another user's
+            continue
+        if needle in environ.split(b"\0") and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def end_cluster(cluster_id: str | None, session_dir: str | None, grace_s: float = 5.0) -> int:
+    """End what is left of a local cluster ptlab started, then remove its session folder; returns how many processes were left."""
+    left = _marked_processes(cluster_id) if cluster_id else []
+    found = len(left)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = _marked_processes(cluster_id)
+        if not left:
+            break
+    if session_dir and Path(session_dir).name.startswith("session_"):
+        shutil.rmtree(session_dir, ignore_errors=True)
+        latest = Path(session_dir).parent / "session_latest"
+        if latest.is_symlink() and not latest.exists():
+            latest.unlink(missing_ok=True)
+    return found
 
 
 def dashboard_help(connection: RayConnection) -> str:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from ptlab.config import TrialConfig
+from ptlab.study import guards
 from ptlab.study.space import (
     Dist,
     FieldPathError,
@@ -120,9 +121,7 @@ class StudySpec(Frozen):
 
     def as_run(self) -> dict[str, Any]:
         """The spec as it runs: every base field spelled out, with its hash and planned trial count."""
-        base = self.base.canonical()
-        base.pop("seed")
-        base.pop("method")
+        base = guards.without_paths(self.base.canonical(), ["seed", "method", *self.factors])
         out: dict[str, Any] = {"name": self.name}
         if self.description:
             out["description"] = self.description
@@ -157,7 +156,7 @@ class StudyError(ValueError):
 Path_ = tuple[Any, ...]
 
 
-def _line_map(text: str) -> dict[Path_, int]:
+def _line_map(root: yaml.Node | None) -> dict[Path_, int]:
     """1-based line of every key and list item, by its path from the document root."""
     lines: dict[Path_, int] = {}
 
@@ -171,7 +170,6 @@ def _line_map(text: str) -> dict[Path_, int]:
                 lines[path + (i,)] = item.start_mark.line + 1
                 walk(item, path + (i,))
 
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is not None:
         lines[()] = root.start_mark.line + 1
         walk(root, ())
@@ -480,6 +478,9 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
         data["search"] = dict(data["search"])
         data = _resolve_keys(data, ("search", "space"), issues)
     study = _split_keys(data, issues)
+    factors = study.get("factors") if isinstance(study.get("factors"), dict) else {}
+    if not guards.check_study(study["base"], factors, study.get("seeds", [1]), issues.add, stored="spec_hash" in study):
+        issues.raise_if_any()  # a grid too large to look at: refused before anything else is judged
     for key in ("method", "backbone", "dataset"):
         problem = _check_value(TrialConfig(), key, data[key]) if isinstance(data.get(key), str) else None
         if problem:
@@ -507,14 +508,19 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
                                         "fix or remove planned_trials")
     if spec.spec_hash is not None and spec.spec_hash != spec.content_hash():
         issues.add(("spec_hash",), f"the study's trials changed since it was written (hash {spec.content_hash()}, "
-                                   f"file says {spec.spec_hash}); remove spec_hash to treat it as a new study")
+                                   f"file says {spec.spec_hash}); undo the change to resume the study, or remove spec_hash and "
+                                   "planned_trials and run it as a new study in a new folder (--out)")
     issues.raise_if_any()
     return spec.model_copy(update={"report": report}) if report else spec
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     try:
-        return yaml.safe_load(text), _line_map(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        guards.check_yaml(root)
+        return yaml.safe_load(text), _line_map(root)
+    except guards.YamlRefused as err:
+        raise StudyError(f"{source}:{err.line}: field {_field_name(err.path)}: {err.message}") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

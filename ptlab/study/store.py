@@ -1,5 +1,10 @@
 """Trial outcomes → results.parquet (one row per trial) and curves.parquet (one row per trial and epoch).
 
+Both files are derived data. Every recorded outcome is first written as
+`trials/<key>/outcome.json` (and the ensembles' rows as `ensembles.json`):
+when a Parquet file is missing or unreadable, it is rebuilt from those, and
+the rebuild says so on stderr.
+
 Each file is rewritten whole into a temporary file and renamed over the old
 one, so a reader, or a driver killed mid-write, only ever sees a complete file
 holding every trial recorded before. Curves are written before results: a
@@ -17,7 +22,8 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,8 @@ from ptlab.study.trial import atomic_write
 
 RESULTS = "results.parquet"
 CURVES = "curves.parquet"
+OUTCOME = "outcome.json"  # in each trial's folder: what its results and curve rows are built from
+ENSEMBLES = "ensembles.json"  # in the study folder: the ensemble rows, likewise
 KEY = "tune_trial_id"
 # Set on ensemble rows only: what tells them from trial rows, here and in reports.
 ENSEMBLE_SIZE = "ensemble_size"
@@ -142,7 +150,7 @@ class ResultStore:
 
     def rows(self) -> pl.DataFrame:
         """Every row of results.parquet: trials and ensembles."""
-        return pl.read_parquet(self.results_path) if self.results_path.is_file() else pl.DataFrame()
+        return self._read(self.results_path)
 
     def results(self) -> pl.DataFrame:
         """One row per trial of the study, its references and ensembles aside."""
@@ -154,24 +162,72 @@ class ResultStore:
         return rows.filter(is_reference(rows))
 
     def curves(self) -> pl.DataFrame:
-        return pl.read_parquet(self.curves_path) if self.curves_path.is_file() else pl.DataFrame()
+        return self._read(self.curves_path)
+
+    def _read(self, path: Path) -> pl.DataFrame:
+        try:
+            return pl.read_parquet(path)
+        except FileNotFoundError:
+            problem = "missing"
+        except (pl.exceptions.PolarsError, OSError) as err:
+            problem = f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        outcomes = self._outcomes()
+        # missing is also how a file starts: rebuilt only when some recorded outcome has rows for it
+        needed = any(o.curve for o in outcomes) if path == self.curves_path else bool(outcomes)
+        if not needed and problem == "missing":
+            return pl.DataFrame()
+        if not outcomes:
+            print(f"{path} is {problem}, and no trial folder holds an {OUTCOME} to rebuild it from", file=sys.stderr)
+            return pl.DataFrame()
+        self.rebuild(f"{path} is {problem}", outcomes)
+        return pl.read_parquet(path) if path.is_file() else pl.DataFrame()
+
+    def _outcomes(self) -> list[TrialOutcome]:
+        outcomes = []
+        for path in sorted(self.folder.glob(f"trials/*/{OUTCOME}")):
+            try:
+                outcomes.append(TrialOutcome(**json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError) as err:
+                print(f"{path}: skipped, unreadable ({err})", file=sys.stderr)
+        return outcomes
+
+    def rebuild(self, why: str, outcomes: list[TrialOutcome]) -> None:
+        """Write both Parquet files afresh from the trials' recorded outcomes."""
+        ensembles = json.loads((self.folder / ENSEMBLES).read_text()) if (self.folder / ENSEMBLES).is_file() else []
+        curves = [pl.DataFrame(o.curve_rows()) for o in outcomes if o.curve]
+        self._write(self.curves_path, curves)
+        rows = [pl.DataFrame([o.row()]) for o in outcomes]
+        if ensembles:
+            rows.append(self._ensemble_frame(ensembles))
+        self._write(self.results_path, rows)
+        print(f"{why}; rebuilt {RESULTS} and {CURVES} from {len(outcomes)} trial folders", file=sys.stderr)
 
     def keys(self) -> set[str]:
         df = self.results()
         return set(df[KEY].to_list()) if df.height else set()
 
     def add(self, outcome: TrialOutcome) -> None:
+        # read first: a missing file is rebuilt from the outcomes recorded before this one
+        curves, rows = self.curves(), self.rows()
+        folder = self.folder / "trials" / outcome.key
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / OUTCOME, json.dumps(asdict(outcome), default=str).encode())
         curve = pl.DataFrame(outcome.curve_rows()) if outcome.curve else None
-        self._replace(self.curves_path, self.curves(), outcome.key, curve)
-        self._replace(self.results_path, self.rows(), outcome.key, pl.DataFrame([outcome.row()]))
+        self._replace(self.curves_path, curves, outcome.key, curve)
+        self._replace(self.results_path, rows, outcome.key, pl.DataFrame([outcome.row()]))
 
     def set_ensembles(self, rows: list[dict[str, Any]]) -> None:
         """Replace every ensemble row by `rows`, each keyed by its own trial_id (`ens-...`)."""
         stored = self.rows()
         if not rows and not stored.filter(is_ensemble(stored)).height:
             return  # nothing to replace: a study without ensembles keeps its file as the trials left it
-        new = pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("trial_id").alias(KEY)) if rows else None
+        atomic_write(self.folder / ENSEMBLES, json.dumps(rows, default=str).encode())
+        new = self._ensemble_frame(rows) if rows else None
         self._write(self.results_path, [stored.filter(~is_ensemble(stored)), new])
+
+    @staticmethod
+    def _ensemble_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+        return pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("trial_id").alias(KEY))
 
     def _replace(self, path: Path, old: pl.DataFrame, key: str, new: pl.DataFrame | None) -> None:
         if old.height:

@@ -108,11 +108,19 @@ class TrialFiles:
         atomic_write(self.checkpoint, buffer.getvalue())
 
     def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last saved state; tensors and plain containers only, so a planted file cannot run code."""
         if not self.checkpoint.is_file():
             return None
+        import pickle
+
         import torch
 
-        return torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise RuntimeError(f"{self.checkpoint}: refused to load, not a checkpoint of tensors and plain values "
+                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); delete the file "
+                               "to start this trial over") from err
 
     def write_record(self, record: dict[str, Any]) -> None:
         atomic_write(self.record, json.dumps(record, default=_jsonable).encode())

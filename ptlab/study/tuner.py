@@ -24,6 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ptlab.methods.base import STATUS_FAILED, STATUS_PRUNED
 from ptlab.study.cluster import RayConnection
 from ptlab.study.ensembles import record_ensembles
+from ptlab.study.planned import refuse_if_changed, write_planned
 from ptlab.study.progress import Progress, write_driver
 from ptlab.study.reference import record_references
 from ptlab.study.spec import StudySpec
@@ -62,6 +63,17 @@ def _provenance() -> dict[str, str]:
     return provenance()
 
 
+# How Ray (its memory monitor), torch and Python report a trial killed or stopped for memory.
+OUT_OF_MEMORY = ("OutOfMemoryError", "MemoryError", "out of memory", "running low on memory")
+
+
+def failure_text(error: str) -> str:
+    """A failed trial's stored error, led by its cause where it is known ("out of memory"); at most 4000 characters."""
+    if any(marker in error for marker in OUT_OF_MEMORY):
+        return "out of memory: " + error[-3985:]
+    return error[-4000:]
+
+
 def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, error: str | None) -> TrialOutcome | None:
     """One trial's outcome from what Tune knows of it and what the trial wrote; None if it has not ended."""
     from ptlab.study.space import cell_id
@@ -74,7 +86,7 @@ def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, err
     if error is not None:
         timings = {"wall_s": last_result.get("time_total_s"), "attempts": files.attempts(), "finished_at": time.time()}
         return TrialOutcome(status=STATUS_FAILED, metrics=dict(curve[-1]) if curve else {}, timings=timings,
-                            provenance=_provenance(), error=error[-4000:], **common)
+                            provenance=_provenance(), error=failure_text(error), **common)
     if last_result.get(FINAL) and record is not None:
         return TrialOutcome(status=record["status"], metrics=record["metrics"], timings=record["timings"],
                             provenance=record["provenance"], error=record.get("error", ""), **common)
@@ -172,8 +184,18 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Also fail the Optuna trials a killed driver asked for but never saved: nothing will finish them."""
+        """Also fail the Optuna trials a killed driver asked for but never saved: nothing will finish them.
+
+        The pickled state names the journal by the path it had when saved; a copied or
+        moved study must write to its own journal, the one beside this checkpoint.
+        """
+        from optuna.storages.journal import JournalFileBackend
+
         super().restore(checkpoint_path)
+        journal = Path(checkpoint_path).resolve().parent.parent / OPTUNA_JOURNAL
+        backend = getattr(self._ot_study._storage, "_backend", None)
+        if isinstance(backend, JournalFileBackend) and Path(backend._file_path) != journal:
+            backend.__init__(str(journal))  # the one backend every pickled reference shares: path and file lock
         known = {t.number for t in self._ot_trials.values()}
         for orphan in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if orphan.number not in known:
@@ -258,20 +280,31 @@ def build_tuner(spec: StudySpec, study_dir: Path, connection: RayConnection):
         name=TUNE_DIR,
         storage_path=str(study_dir.resolve()),
         failure_config=tune.FailureConfig(max_failures=spec.retries),
-        callbacks=[Recorder(plan), Progress(plan, spec_summary(spec))],
+        callbacks=_callbacks(spec, plan),
         verbose=0,
     )
     return tune.Tuner(_trainable(plan), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
+def _callbacks(spec: StudySpec, plan: TrialPlan) -> list[tune.Callback]:
+    return [Recorder(plan), Progress(plan, spec_summary(spec))]
+
+
 def restore_tuner(spec: StudySpec, study_dir: Path):
-    return tune.Tuner.restore(
+    plan = trial_plan(spec, study_dir)
+    tuner = tune.Tuner.restore(
         str((study_dir / TUNE_DIR).resolve()),
-        trainable=_trainable(trial_plan(spec, study_dir)),
+        trainable=_trainable(plan),
         resume_unfinished=True,
         resume_errored=False,
         restart_errored=False,
     )
+    # The run config comes back from Tune's pickle with callbacks that write to the folder
+    # it was saved in, the original of a copy or the old place of a moved study: this one's instead.
+    # (Through Ray Client the tuner lives on the cluster, out of reach: resume there in place.)
+    if tuner._local_tuner is not None:
+        tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, plan)
+    return tuner
 
 
 def record_all(spec: StudySpec, study_dir: Path, results) -> int:
@@ -299,8 +332,11 @@ def run_study(spec: StudySpec, study_dir: Path, connection: RayConnection, resum
     """Run (or resume) every trial of the study; True once all planned trials have ended."""
     study_dir = study_dir.resolve()
     slots = trial_slots(spec, connection)  # a study that cannot fit fails before it leaves a folder
-    if not resume:
+    if resume:
+        refuse_if_changed(spec, study_dir)
+    else:
         study_dir.mkdir(parents=True, exist_ok=True)
+        write_planned(spec, study_dir)
         atomic_write(study_dir / STUDY_FILE, spec.to_yaml().encode())
     write_driver(study_dir, connection.dashboard_url, slots)
     # Tune's advice on interruption (Tuner.restore, trials without results yet) is

@@ -146,7 +146,7 @@ def pretrain(
     first_step = 0
     state_file = Path(checkpoint_dir) / f"{cfg.backbone}-state.pt" if checkpoint_dir else None
     if state_file is not None and state_file.is_file():
-        state = torch.load(state_file, weights_only=False)
+        state = torch.load(state_file, weights_only=True)
         if state["config"] == asdict(cfg):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
