@@ -317,6 +317,13 @@ def test_ptnl_wrong_images_come_from_classes_in_proportion_to_their_size():
     assert 0.70 < from_big / total < 0.84
 
 
+def test_ptnl_skips_a_class_id_without_images():
+    labels = np.repeat([0, 2], [400, 400])  # class 1 has no image
+    for distinct in (False, True):
+        result = ptnl_noise(labels, 16, 0.25, 1, distinct=distinct)
+        assert np.bincount(result.labels, minlength=3).tolist() == [16, 0, 16]
+
+
 def test_ptnl_zero_shots_takes_the_whole_first_half():
     labels = np.repeat(np.arange(3), [10, 7, 4])
     result = ptnl_noise(labels, 0, 0.0, 1)

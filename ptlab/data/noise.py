@@ -211,8 +211,9 @@ def ptnl_noise(
     collapse: a class whose first half is shorter than K gets the fixed
     number of wrong images and fewer distinct correct ones (a 9-image half
     at r = 0.125, K = 16: 2 wrong, and 14 draws giving at most 9 distinct
-    correct, 7.3 on average), so its realised rate exceeds r. A wrong image's true
-    class is chosen in proportion to the size of its second half. Classes
+    correct, 7.3 on average), so its realised rate exceeds r. A wrong
+    image's true class is chosen in proportion to the size of its second
+    half. Classes
     take their wrong images in ascending class order. shots=0 (a ptlab
     extension) takes the whole first half, with floor(r * half + 1/2) wrong.
 
@@ -246,6 +247,8 @@ def ptnl_noise(
     unused = np.ones(len(second_half), dtype=bool)
     chosen_indices, given_labels = [], []
     for c in range(num_classes):
+        if class_sizes[c] == 0:  # a class id without images takes no part, as in the release
+            continue
         shots_c = drawn[labels[drawn] == c]
         shots_c = shots_c[np.argsort(keys[shots_c], kind="stable")]  # draw order: "the first" are replaced
         if distinct or shots == 0:
