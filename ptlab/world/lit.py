@@ -35,8 +35,8 @@ from ptlab.world.pretrain import (
     TEXT_CFG,
     Checkpoint,
     PretrainConfig,
+    contrastive_step,
     one_cycle_adamw,
-    soft_contrastive_loss,
 )
 from ptlab.world.tasks import ATTRIBUTE_VALUES
 
@@ -143,14 +143,7 @@ def train_text_tower(cfg: PretrainConfig, model: open_clip.CLIP, features: torch
         texts, claims = zip(*(caption(pool, int(i), rng, scheme) for i in index), strict=True)
         match = torch.from_numpy(positives(np.stack(claims), pool, index).T).float()
         txt = F.normalize(model.encode_text(tokenizer(list(texts))), dim=-1)
-        loss = soft_contrastive_loss(model.logit_scale.exp() * features[index] @ txt.T, match)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, np.log(100))
-        losses.append(loss.detach().item())
+        losses.append(contrastive_step(model, optimizer, schedule, features[index], txt, match))
         if step % LOG_EVERY == 0 or step == cfg.steps - 1:
             log(f"text step {step:5d}  loss {np.mean(losses[-LOG_EVERY:]):.4f}  {time.time() - start:.0f}s")
         checkpoint.after_step(step, cfg.steps, model, optimizer, schedule, rng, losses)

@@ -80,7 +80,7 @@ class PretrainConfig:
 # The recipes that produced the shipped weights; the thread count is part of
 # each (CPU float reductions depend on it).
 SHIPPED_RECIPES = {
-    "tiny-rn": PretrainConfig(backbone="tiny-rn", steps=2000, threads=1),
+    "tiny-rn": PretrainConfig(backbone="tiny-rn", image_steps=1500, steps=1200, threads=1, captions="lit"),
     "tiny-vit": PretrainConfig(backbone="tiny-vit", steps=4500, threads=2),
 }
 
@@ -109,6 +109,18 @@ def soft_contrastive_loss(logits: torch.Tensor, match: torch.Tensor) -> torch.Te
     loss_img = -(img_targets * F.log_softmax(logits, dim=1)).sum(1).mean()
     loss_txt = -(txt_targets * F.log_softmax(logits.T, dim=1)).sum(1).mean()
     return (loss_img + loss_txt) / 2
+
+
+def contrastive_step(model: open_clip.CLIP, optimizer, schedule, img: torch.Tensor, txt: torch.Tensor, match) -> float:
+    """One optimiser step on the soft contrastive loss of normalised embeddings; returns the loss."""
+    loss = soft_contrastive_loss(model.logit_scale.exp() * img @ txt.T, match)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, np.log(100))
+    return loss.detach().item()
 
 
 def build_model(backbone: str, seed: int) -> open_clip.CLIP:
@@ -182,15 +194,7 @@ def _train_jointly(cfg: PretrainConfig, model, images, pool, log, checkpoint_dir
         match = torch.from_numpy(positives(np.stack(claims), pool, index).T).float()
         img = F.normalize(model.encode_image(images[index]), dim=-1)
         txt = F.normalize(model.encode_text(tokens), dim=-1)
-        logits = model.logit_scale.exp() * img @ txt.T
-        loss = soft_contrastive_loss(logits, match)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, np.log(100))
-        losses.append(loss.detach().item())
+        losses.append(contrastive_step(model, optimizer, schedule, img, txt, match))
         if step % 100 == 0 or step == cfg.steps - 1:
             log(f"step {step:5d}  loss {np.mean(losses[-100:]):.4f}  {time.time() - start:.0f}s  rss {_rss_mb():.0f} MB")
         checkpoint.after_step(step, cfg.steps, model, optimizer, schedule, rng, losses)
