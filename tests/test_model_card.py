@@ -89,23 +89,3 @@ def test_prompt_tuning_table_and_headroom_bar(feature_cache):
     }
     assert headroom_cases({"prompt_tuning": rows}) == ["weak and fixed"]
     assert headroom_cases({}) == []
-
-
-def test_figure3_and_graded_bars():
-    from ptlab.world.card import figure3_cases, graded_cases
-
-    def row(zero_shot, coop, lp16, lp1):
-        return {"zero_shot": zero_shot, "coop_mean": coop, "gain": coop - zero_shot, "linear_probe_16_mean": lp16, "linear_probe_1_mean": lp1}
-
-    rows = {
-        "figure 3": row(60.0, 75.0, 52.0, 40.0),
-        "zero-shot too strong": row(66.0, 80.0, 70.0, 40.0),
-        "probe above coop": row(60.0, 75.0, 76.0, 40.0),
-        "probe far below zero-shot": row(60.0, 75.0, 49.0, 40.0),
-        "1-shot probe beats zero-shot": row(60.0, 75.0, 70.0, 60.0),
-        "food": row(90.0, 88.0, 80.0, 30.0),
-        "eurosat": row(40.0, 65.0, 60.0, 30.0),
-    }
-    assert figure3_cases({"prompt_tuning": rows}) == ["figure 3"]
-    assert graded_cases({"prompt_tuning": rows}) == {"food101_like": ["food"], "eurosat_like": ["eurosat"]}
-    assert figure3_cases({}) == [] and graded_cases({}) == {"food101_like": [], "eurosat_like": []}

@@ -68,7 +68,11 @@ def test_world_card_remeasures_and_keeps_the_training_record(tmp_path, monkeypat
 
 
 def test_lit_pretraining_locks_the_image_tower_and_resumes_identically(tmp_path):
-    cfg = PretrainConfig(backbone="tiny-rn", image_steps=12, steps=12, batch_size=16, pool_size=300, threads=1, captions="lit")
+    from dataclasses import replace
+
+    from ptlab.world.pretrain import LIT_RECIPES
+
+    cfg = replace(LIT_RECIPES["tiny-rn"], image_steps=12, steps=12, batch_size=16, pool_size=300)
     model, record = pretrain(cfg, log=lambda m: None, checkpoint_dir=tmp_path, checkpoint_every=5)
     stages = record["stages"]
     assert stages["image_tower"]["steps"] == 12 and stages["text_tower"]["steps"] == 12

@@ -80,9 +80,13 @@ class PretrainConfig:
 # The recipes that produced the shipped weights; the thread count is part of
 # each (CPU float reductions depend on it).
 SHIPPED_RECIPES = {
-    "tiny-rn": PretrainConfig(backbone="tiny-rn", image_steps=1500, steps=1200, threads=1, captions="lit"),
+    "tiny-rn": PretrainConfig(backbone="tiny-rn", steps=2000, threads=1),
     "tiny-vit": PretrainConfig(backbone="tiny-vit", steps=4500, threads=2),
 }
+
+# The LiT recipe measured in issue 15 (not shipped yet: see the issue's notes):
+# on world:shapes zero-shot 50.2, 16-shot CoOp 90.6, 16-shot linear probe 83.3.
+LIT_RECIPES = {"tiny-rn": PretrainConfig(backbone="tiny-rn", image_steps=1500, steps=1200, threads=1, captions="lit")}
 
 
 def pool_attributes(cfg: PretrainConfig) -> Attributes:
