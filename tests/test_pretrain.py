@@ -77,7 +77,7 @@ def test_lit_pretraining_locks_the_image_tower_and_resumes_identically(tmp_path)
     stages = record["stages"]
     assert stages["image_tower"]["steps"] == 12 and stages["text_tower"]["steps"] == 12
     # The text stage must leave the image tower exactly as stage 1 finished it.
-    stage_one = torch.load(tmp_path / "tiny-rn-image-tower.pt", weights_only=False)["visual"]
+    stage_one = torch.load(tmp_path / "tiny-rn-image-tower.pt", weights_only=True)["visual"]
     for name, value in model.visual.state_dict().items():
         assert torch.equal(value, stage_one[name]), name
     assert not any(p.requires_grad for p in model.visual.parameters())
