@@ -65,3 +65,49 @@ def test_world_card_remeasures_and_keeps_the_training_record(tmp_path, monkeypat
 
     missing = CliRunner().invoke(app, ["world", "card", "--dir", str(tmp_path / "nowhere")])
     assert missing.exit_code != 0 and "nowhere" in missing.output and "ptlab world pretrain" in missing.output
+
+
+def test_lit_pretraining_locks_the_image_tower_and_resumes_identically(tmp_path):
+    from dataclasses import replace
+
+    from ptlab.world.pretrain import LIT_RECIPES
+
+    cfg = replace(LIT_RECIPES["tiny-rn"], image_steps=12, steps=12, batch_size=16, pool_size=300)
+    model, record = pretrain(cfg, log=lambda m: None, checkpoint_dir=tmp_path, checkpoint_every=5)
+    stages = record["stages"]
+    assert stages["image_tower"]["steps"] == 12 and stages["text_tower"]["steps"] == 12
+    # The text stage must leave the image tower exactly as stage 1 finished it.
+    stage_one = torch.load(tmp_path / "tiny-rn-image-tower.pt", weights_only=True)["visual"]
+    for name, value in model.visual.state_dict().items():
+        assert torch.equal(value, stage_one[name]), name
+    assert not any(p.requires_grad for p in model.visual.parameters())
+    # A rerun resumes stage 1 from its saved result and stage 2 from step 10: bit-identical.
+    logs = []
+    again, _ = pretrain(cfg, log=logs.append, checkpoint_dir=tmp_path, checkpoint_every=5)
+    assert any("image tower from" in m for m in logs) and any("at step 10" in m for m in logs)
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_lit_captions_grade_how_often_a_class_name_is_used():
+    import numpy as np
+
+    from ptlab.world.captions import CAPTION_SCHEMES, PARAPHRASES, caption
+    from ptlab.world.pretrain import pool_attributes
+    from ptlab.world.render import SHAPES
+
+    pool = pool_attributes(PretrainConfig(pool_size=4000, seed=3))
+    rng = np.random.default_rng(0)
+    by_name = np.zeros(len(SHAPES))
+    mentions = np.zeros(len(SHAPES))
+    for i in range(len(pool)):
+        text, claims = caption(pool, i, rng, CAPTION_SCHEMES["lit"])
+        if claims[0] < 0:
+            continue
+        name = SHAPES[claims[0]]
+        words = [name, *PARAPHRASES["shape"][name]]
+        assert any(w in text for w in words), (text, name)
+        mentions[claims[0]] += 1
+        by_name[claims[0]] += name in text
+    rate = by_name / mentions
+    assert 0.2 < rate[SHAPES.index("circle")] < 0.4 and rate[SHAPES.index("moon")] == 0
