@@ -101,15 +101,22 @@ def world_pretrain(
     out: Path = typer.Option(None, help="Folder for the weights (default: overwrite the shipped ones)."),
     threads: int = typer.Option(None, help="Torch threads; results are reproducible for a fixed count."),
     skip_card: bool = typer.Option(False, help="Do not measure zero-shot accuracies for the model card."),
+    recipe: str = typer.Option("shipped", help="shipped: the recipe of the shipped weights; lit: the "
+                                               "locked-image recipe (caption-free image tower, then the text tower)."),
 ):
     """Pretrain a tiny CLIP on world captions, save it in open_clip's local-dir layout, write its model card."""
     from dataclasses import replace
 
-    from ptlab.world.pretrain import MODEL_CFGS, SHIPPED_RECIPES, pretrain, save
+    from ptlab.world.pretrain import LIT_RECIPES, MODEL_CFGS, SHIPPED_RECIPES, pretrain, save
 
     if backbone not in MODEL_CFGS:
         _fail(f"--backbone {backbone!r}: expected one of {', '.join(MODEL_CFGS)}")
-    cfg = SHIPPED_RECIPES[backbone]
+    recipes = {"shipped": SHIPPED_RECIPES, "lit": LIT_RECIPES}
+    if recipe not in recipes:
+        _fail(f"--recipe {recipe!r}: expected one of {', '.join(recipes)}")
+    if backbone not in recipes[recipe]:
+        _fail(f"--recipe {recipe}: has no recipe for {backbone} yet (it has {', '.join(recipes[recipe])})")
+    cfg = recipes[recipe][backbone]
     if steps is not None:
         cfg = replace(cfg, steps=steps)
     if threads is not None:

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -111,3 +113,28 @@ def test_lit_captions_grade_how_often_a_class_name_is_used():
         by_name[claims[0]] += name in text
     rate = by_name / mentions
     assert 0.2 < rate[SHAPES.index("circle")] < 0.4 and rate[SHAPES.index("moon")] == 0
+
+
+def test_world_pretrain_cli_runs_the_chosen_recipe(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from ptlab import cli
+    from ptlab.world import pretrain as pretrain_module
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def pretrain_spy(cfg, log):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(pretrain_module, "pretrain", pretrain_spy)
+    run = CliRunner().invoke(cli.app, ["world", "pretrain", "--recipe", "lit", "--steps", "7", "--out", str(tmp_path)])
+    assert isinstance(run.exception, Stop), run.output
+    assert seen == [replace(pretrain_module.LIT_RECIPES["tiny-rn"], steps=7)] and seen[0].image_steps > 0
+    refused = CliRunner().invoke(cli.app, ["world", "pretrain", "--recipe", "lit", "--backbone", "tiny-vit"])
+    assert refused.exit_code == 2 and "no recipe for tiny-vit" in refused.output
+    unknown = CliRunner().invoke(cli.app, ["world", "pretrain", "--recipe", "liT"])
+    assert unknown.exit_code == 2 and "expected one of shipped, lit" in unknown.output
