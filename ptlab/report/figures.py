@@ -299,6 +299,7 @@ def _curve(spec: dash.Curve, study: StudyResults, cells: pl.DataFrame) -> go.Fig
         _reference_traces(fig, references, span, row, col, shown)
     fig.update_xaxes(title_text=x)
     fig.update_yaxes(title_text=f"{_label(y)}, mean", col=1)
+    fig.update_yaxes(matches="y")
     fig.update_layout(height=rows * PANEL_HEIGHT + 80, legend_title_text=", ".join(series_by))
     return fig
 
@@ -530,7 +531,7 @@ def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.D
                         "legendgroup": label}
                 fig.add_trace(go.Scatter(x=epochs, y=_clip(mean - ci, y).to_list(), **band), row, col)
                 fig.add_trace(go.Scatter(x=epochs, y=_clip(mean + ci, y).to_list(), fill="tonexty",
-                                         fillcolor=_colour(k, 0.2), **band), row, col)
+                                         fillcolor=_colour(k, 0.12), **band), row, col)
             seeds = panel.filter(match & (pl.col("status") == COMPLETED))
             if part["n"].max() < MIN_SEEDS_FOR_CI:
                 fig.add_trace(go.Scatter(x=seeds["epoch"].to_list(), y=seeds[y].to_list(), mode="markers",
@@ -568,7 +569,9 @@ def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.D
             shown.add("stopped by ASHA")
         _reference_traces(fig, references, panel["epoch"].unique().to_list(), row, col, shown)
     fig.update_xaxes(title_text="epoch", row=rows)
+    # One y range for every panel (shared_yaxes shares within a row only), so panels compare at a glance.
     fig.update_yaxes(title_text=f"{_label(y)}, mean", col=1)
+    fig.update_yaxes(matches="y")
     fig.update_layout(height=rows * (PANEL_HEIGHT - 120 * many) + 80, legend_title_text=colour or "")
     return fig
 

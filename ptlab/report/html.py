@@ -141,7 +141,8 @@ def _provenance_line(study: StudyResults) -> str:
     parts = []
     for column in PROVENANCE:
         if column in study.trials.columns:
-            values = ", ".join(str(v) for v in study.trials[column].unique(maintain_order=True).to_list() if v)
+            found = [str(v) for v in study.trials[column].unique(maintain_order=True).to_list() if v]
+            values = ", ".join(v[:12] if column == "git_commit" else v for v in found)
             if values:
                 parts.append(f"{column.removesuffix('_version')} {values}")
     parts.append("generated " + dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
