@@ -2,7 +2,7 @@
 
 
 from ptlab.study import reference
-from ptlab.study.reference import record_references, reference_configs, reference_key
+from ptlab.study.reference import record_references, reference_configs, reference_key, reference_store
 from ptlab.study.spec import validate_study
 from ptlab.study.store import ResultStore
 from ptlab.study.tuner import trial_plan
@@ -62,11 +62,12 @@ def test_reference_is_run_once_stored_as_a_marked_row_and_kept_apart(tmp_path, m
     plan = trial_plan(study, tmp_path)
     fake = InlineRay(monkeypatch)
     assert record_references(study, plan) == 1
-    store = ResultStore(tmp_path)
-    [row] = store.references().to_dicts()
-    assert row["reference"] == "zeroshot" and row["method"] == "zeroshot" and row["status"] == "completed"
+    [row] = reference_store(tmp_path).results().to_dicts()
+    assert row["method"] == "zeroshot" and row["status"] == "completed"
     assert 0 < row["test_acc"] <= 100 and row["tune_trial_id"] == reference_key(reference_configs(study)[0])
-    assert store.results().is_empty() and store.keys() == set()
+    assert (tmp_path / "reference" / row["tune_trial_id"] / "record.json").is_file()
+    # The study's own store holds no trace of it: not a trial, not counted.
+    assert ResultStore(tmp_path).rows().is_empty()
     # A resumed study finds the row and runs nothing again.
     assert record_references(study, plan) == 0 and fake.runs == 1
 
@@ -75,6 +76,5 @@ def test_a_failed_reference_is_stored_as_failed(tmp_path, monkeypatch):
     study = spec(factors={"noise_rate": [0.0]})
     InlineRay(monkeypatch, fail=True)
     assert record_references(study, trial_plan(study, tmp_path)) == 1
-    [row] = ResultStore(tmp_path).references().to_dicts()
-    assert row["status"] == "failed" and "worker died" in row["error"]
-    assert reference.ZERO_SHOT == row["reference"]
+    [row] = reference_store(tmp_path).results().to_dicts()
+    assert row["status"] == "failed" and "worker died" in row["error"] and row["method"] == reference.ZERO_SHOT
