@@ -95,11 +95,13 @@ def _status(study: StudyResults) -> dict:
 
 
 def _banner(study: StudyResults) -> str:
+    from ptlab.study.status import clock
+
     status = _status(study)
     n, planned, state = status["done"], study.planned, status["state"]
     folder = escape(str(study.folder))
     if state == "running":
-        eta = f", about {max(status['eta_s'] / 60, 1):.0f} min to go" if status.get("eta_s") else ""
+        eta = f", ETA {clock(status['eta_s'])}" if status.get("eta_s") else ""
         text = (f"Running: {n} of {status['planned']} planned trials have results, {len(status['running'])} "
                 f"running{eta}. This page is a snapshot; `ptlab report {folder}` rebuilds it.")
         return f'<div class="banner partial" id="status">{text}</div>'
