@@ -417,15 +417,38 @@ def _bars(spec: dash.Bars, study: StudyResults, cells: pl.DataFrame) -> go.Figur
                 x=labels,
                 y=means,
                 name=m,
+                legendgroup=m,
+                offsetgroup=str(k),
                 marker_color=_colour(k),
                 error_y={"type": "data", "array": cis, "visible": True},
                 hovertemplate=f"%{{x}}<br>{m}=%{{y:.2f}}<extra></extra>",
             )
         )
+        few = {g["cell_id"].item(): label for label, (_, g) in zip(labels, groups, strict=True)
+               if g["n_seeds"].item() < MIN_SEEDS_FOR_CI}
+        points = _seed_points(study, list(few), m, m)
+        if points.height:
+            fig.add_trace(
+                go.Scatter(
+                    x=[few[c] for c in points["cell_id"].to_list()],
+                    y=points[m].to_list(),
+                    mode="markers",
+                    legendgroup=m,
+                    offsetgroup=str(k),
+                    showlegend=False,
+                    marker={"color": "black", "size": 6, "symbol": "circle-open"},
+                    customdata=points["seed"].to_list(),
+                    hovertemplate=f"seed %{{customdata}}: {m}=%{{y:.2f}}<extra></extra>",
+                )
+            )
     percent = all(is_percent(m) for m in ys)
-    for name, value in zero_shot_values(study, ys[0], {}) if percent and len(ys) == 1 else []:
-        fig.add_hline(y=value, line_dash="dash", line_color=ZERO_SHOT_COLOUR, annotation_text=f"{name} {value:.1f}%")
-    fig.update_layout(barmode="group", height=PANEL_HEIGHT + 80, yaxis_title_text="mean (%)" if percent else "mean")
+    # The zero-shot reference measures test accuracy; it is drawn where the bars hold it.
+    reference = "test_acc" if "test_acc" in ys else ys[0] if len(ys) == 1 else None
+    for name, value in zero_shot_values(study, reference, {}) if reference else []:
+        label = name if len(ys) == 1 else f"{name}, {reference}"
+        fig.add_hline(y=value, line_dash="dash", line_color=ZERO_SHOT_COLOUR, annotation_text=f"{label} {value:.1f}%")
+    fig.update_layout(barmode="group", scattermode="group", height=PANEL_HEIGHT + 80,
+                      yaxis_title_text="mean (%)" if percent else "mean")
     return fig
 
 
