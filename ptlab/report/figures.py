@@ -194,10 +194,9 @@ def _reference_traces(fig: go.Figure, lines: list[Reference], span: list[Any], r
         shown.add("_clean_key")
 
 
-def _seed_points(study: StudyResults, cell_ids: list[str], x: str, y: str) -> pl.DataFrame:
-    """The completed seeds of the given cells, to draw as points where a cell has too few for an interval."""
-    rows = study.rows
-    return rows.filter(pl.col("cell_id").is_in(cell_ids) & (pl.col("status") == COMPLETED) & pl.col(y).is_not_null())
+def _seed_points(study: StudyResults, cell_ids: list[str], y: str) -> pl.DataFrame:
+    """The completed seeds of the given cells that hold ``y``, to draw as points where a cell has too few for an interval."""
+    return study.rows.filter(pl.col("cell_id").is_in(cell_ids) & (pl.col("status") == COMPLETED) & pl.col(y).is_not_null())
 
 
 def _rest(study: StudyResults, *used: str | None) -> list[str]:
@@ -262,7 +261,7 @@ def _curve(spec: dash.Curve, study: StudyResults, cells: pl.DataFrame) -> go.Fig
                 fig.add_trace(go.Scatter(x=xs, y=upper, fill="tonexty", fillcolor=_colour(k, 0.2), **band), row, col)
             few = s.filter(pl.col("n_seeds") < MIN_SEEDS_FOR_CI)["cell_id"].to_list()
             if spec.band and few:
-                points = _seed_points(study, few, x, y)
+                points = _seed_points(study, few, y)
                 fig.add_trace(
                     go.Scatter(
                         x=points[x].to_list(),
@@ -426,7 +425,7 @@ def _bars(spec: dash.Bars, study: StudyResults, cells: pl.DataFrame) -> go.Figur
         )
         few = {g["cell_id"].item(): label for label, (_, g) in zip(labels, groups, strict=True)
                if g["n_seeds"].item() < MIN_SEEDS_FOR_CI}
-        points = _seed_points(study, list(few), m, m)
+        points = _seed_points(study, list(few), m)
         if points.height:
             fig.add_trace(
                 go.Scatter(
