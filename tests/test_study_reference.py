@@ -18,9 +18,10 @@ def spec(**fields):
 
 def test_one_zero_shot_per_backbone_data_and_template():
     [cfg] = reference_configs(spec())
-    assert (cfg.method, cfg.backbone, cfg.dataset, cfg.shots, cfg.seed) == ("zeroshot", "world:tiny-rn", "world:shapes", 2, 3)
-    # what training changes (noise, loss, optimiser) is no part of it
+    assert (cfg.method, cfg.backbone, cfg.dataset, cfg.seed) == ("zeroshot", "world:tiny-rn", "world:shapes", 3)
+    # what training changes (shots, noise, loss) is no part of it
     assert (cfg.noise_rate, cfg.loss) == (0.0, "ce")
+    assert len(reference_configs(spec(factors={"shots": [1, 2, 4], "noise_rate": [0.0, 0.5]}))) == 1
     two = reference_configs(spec(factors={"backbone": ["world:tiny-rn", "world:tiny-vit"], "noise_rate": [0.0, 0.5]}))
     assert [c.backbone for c in two] == ["world:tiny-rn", "world:tiny-vit"]
     styles = reference_configs(spec(factors={"data.domain": ["photo", "outline"], "n_ctx": [4, 16]}))

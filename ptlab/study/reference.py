@@ -23,8 +23,9 @@ from ptlab.study.trial import TrialFiles, TrialPlan, execute
 
 REFERENCE_DIR = "reference"
 ZERO_SHOT = "zeroshot"
-# What a zero-shot prediction depends on; everything else of a trial config is training.
-_SHARED = ("backbone", "dataset", "data", "shots", "template", "templates", "precision", "device")
+# What a zero-shot prediction depends on; everything else of a trial config (shots included: the
+# evaluation splits do not depend on them) is training.
+_SHARED = ("backbone", "dataset", "data", "template", "templates", "precision", "device")
 # The untrained baselines a study may already run itself, which need no reference.
 _UNTRAINED = (ZERO_SHOT, "zeroshot_mcm")
 
