@@ -9,11 +9,13 @@ from ptlab.study.tuner import trial_plan
 
 
 def spec(**fields):
-    return validate_study({
+    """A small CoOp grid; a field given as None is left out (so that it can be a factor)."""
+    study = {
         "name": "s", "method": "coop", "backbone": "world:tiny-rn", "dataset": "world:shapes", "shots": 2,
         "noise_type": "symmetric", "train": {"epochs": 1}, "runner": "inline", "seeds": [3, 4, 5],
         "factors": {"noise_rate": [0.0, 0.5], "loss": ["ce", "gce"]}, **fields,
-    })
+    }
+    return validate_study({k: v for k, v in study.items() if v is not None})
 
 
 def test_one_zero_shot_per_backbone_data_and_template():
@@ -21,8 +23,8 @@ def test_one_zero_shot_per_backbone_data_and_template():
     assert (cfg.method, cfg.backbone, cfg.dataset, cfg.seed) == ("zeroshot", "world:tiny-rn", "world:shapes", 3)
     # what training changes (shots, noise, loss) is no part of it
     assert (cfg.noise_rate, cfg.loss) == (0.0, "ce")
-    assert len(reference_configs(spec(factors={"shots": [1, 2, 4], "noise_rate": [0.0, 0.5]}))) == 1
-    two = reference_configs(spec(factors={"backbone": ["world:tiny-rn", "world:tiny-vit"], "noise_rate": [0.0, 0.5]}))
+    assert len(reference_configs(spec(shots=None, factors={"shots": [1, 2, 4], "noise_rate": [0.0, 0.5]}))) == 1
+    two = reference_configs(spec(backbone=None, factors={"backbone": ["world:tiny-rn", "world:tiny-vit"], "noise_rate": [0.0, 0.5]}))
     assert [c.backbone for c in two] == ["world:tiny-rn", "world:tiny-vit"]
     styles = reference_configs(spec(factors={"data.domain": ["photo", "outline"], "n_ctx": [4, 16]}))
     assert [c.data.domain for c in styles] == ["photo", "outline"]
@@ -31,7 +33,7 @@ def test_one_zero_shot_per_backbone_data_and_template():
 def test_no_reference_where_zero_shot_does_not_apply():
     assert reference_configs(spec(factors={"method": ["coop", "zeroshot"]})) == []
     assert reference_configs(spec(method="ueo", factors={"data.scenario": ["open", "closed"]})) == []
-    assert reference_configs(spec(method="vpt", backbone="timm:vit_tiny_patch16_224", factors={})) == []
+    assert reference_configs(spec(method="vpt", backbone="timm:vit_tiny_patch16_224", factors={"noise_rate": [0.0]})) == []
 
 
 class InlineRay:
@@ -66,7 +68,7 @@ def test_reference_is_run_once_stored_as_a_marked_row_and_kept_apart(tmp_path, m
     [row] = reference_store(tmp_path).results().to_dicts()
     assert row["method"] == "zeroshot" and row["status"] == "completed"
     assert 0 < row["test_acc"] <= 100 and row["tune_trial_id"] == reference_key(reference_configs(study)[0])
-    assert (tmp_path / "reference" / row["tune_trial_id"] / "record.json").is_file()
+    assert (tmp_path / "reference" / "trials" / row["tune_trial_id"] / "record.json").is_file()
     # The study's own store holds no trace of it: not a trial, not counted.
     assert ResultStore(tmp_path).rows().is_empty()
     # A resumed study finds the row and runs nothing again.

@@ -5,7 +5,7 @@ whether a learned prompt beats the hand-written one. Once the study's trials
 have ended, each distinct (backbone, dataset, data, template) of its trials
 gets one zero-shot trial, run on the cluster like any trial and stored like
 one, in a store of its own beside the study's (`reference/results.parquet`,
-its files in `reference/<key>/`), so that it never counts as one of the
+its files in `reference/trials/<key>/`), so that it never counts as one of the
 study's trials. It shares the study's feature cache. A resumed study finds
 the row and does not run it again.
 """
@@ -77,7 +77,7 @@ def record_references(spec: StudySpec, plan: TrialPlan) -> int:
         key = reference_key(cfg)
         if key in have:
             continue
-        files = TrialFiles(store.folder / key)
+        files = TrialFiles(store.folder / "trials" / key)  # beside the outcome.json the store keeps
         started, error = time.perf_counter(), ""
         if files.read_record() is None:
             try:
