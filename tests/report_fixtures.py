@@ -63,9 +63,10 @@ def trial_row(config: dict[str, Any], metrics: dict[str, Any], status: str = "co
 ZERO_SHOT_ACC = 45.0  # the zero-shot reference of noise_grid, below every trained cell but the noisiest CE ones
 
 
-def reference_row(config: dict[str, Any], metrics: dict[str, Any]) -> dict:
-    """A zero-shot reference row as ptlab.study.reference stores it: a trial row marked `reference`."""
-    return trial_row({"method": "zeroshot", **config}, metrics) | {"reference": "zeroshot"}
+def write_reference(folder: Path, rows: list[dict]) -> None:
+    """Zero-shot reference rows where ptlab.study.reference stores them: a results store of their own."""
+    (folder / "reference").mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(rows, infer_schema_length=None).write_parquet(folder / "reference" / "results.parquet")
 
 
 def curve_rows(trial_id: str, final: dict[str, float], epochs: int) -> list[dict]:
@@ -141,7 +142,7 @@ def noise_grid(folder: Path, keep: int | None = None) -> Path:
         curves = [c for c in curves if c["trial_id"] in kept]
     else:
         zero_shot = {"test_acc": ZERO_SHOT_ACC, "test_macro_acc": ZERO_SHOT_ACC - 1.0, "val_acc": ZERO_SHOT_ACC + 1.0}
-        rows.append(reference_row({}, zero_shot))
+        write_reference(folder, [trial_row({"method": "zeroshot"}, zero_shot)])
     return write_study(folder, spec, rows, curves)
 
 

@@ -184,3 +184,17 @@ def test_accuracy_bands_are_drawn_within_0_and_100_but_hover_keeps_the_interval(
     assert band_edges and min(band_edges) == 0.0 and max(band_edges) == 100.0
     intervals = [ci for t in item.figure.data if t.mode == "lines+markers" for ci, _ in t.customdata if ci is not None]
     assert max(intervals) > 100  # t-interval of 99, 1, 50 with 3 seeds: about 122
+
+
+def test_bars_draw_seeds_where_too_few_for_an_interval_and_the_zero_shot_line(tmp_path):
+    rows = [fx.trial_row({"method": m, "seed": seed}, {"test_acc": acc + seed, "val_acc": acc}) for m, acc, seeds in
+            (("coop", 70.0, (1, 2)), ("linear_probe", 60.0, (1, 2, 3))) for seed in seeds]
+    folder = fx.write_study(tmp_path / "s", {"name": "s", "planned_trials": 5}, rows)
+    fx.write_reference(folder, [fx.trial_row({"method": "zeroshot"}, {"test_acc": 55.0})])
+    item = draw(dash.Bars(kind="bars", x="method", ys=["val_acc", "test_acc"]), load_study(folder))
+    points = [t for t in item.figure.data if isinstance(t, go.Scatter)]
+    # coop's two seeds, for each metric; linear_probe has 3 seeds and its interval instead
+    assert [sorted(t.y) for t in points] == [[70.0, 70.0], [71.0, 72.0]] and set(points[1].x) == {"method=coop"}
+    [line] = item.figure.layout.shapes
+    assert (line.y0, line.line.dash) == (55.0, "dash")
+    assert item.figure.layout.annotations[0].text == "zero-shot CLIP, test_acc 55.0%"

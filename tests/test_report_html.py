@@ -96,7 +96,7 @@ def test_banner_reads_the_status_that_study_status_reads(tmp_path):
                 "pid": os.getpid(), "host": socket.gethostname(), "elapsed_s": 60.0}
     (folder / "progress.json").write_text(json.dumps(progress))
     page = build_report(folder).read_text()
-    assert "Running: 30 of 72 planned trials have results, 2 running, about 5 min to go" in page
+    assert "Running: 30 of 72 planned trials have results, 2 running, ETA 5m00s" in page
     (folder / "progress.json").write_text(json.dumps(progress | {"heartbeat": time.time() - 3600}))
     page = build_report(folder).read_text()
     assert "Partial report: 30 of 72 planned trials have results. The study was interrupted" in page

@@ -3,9 +3,9 @@
 Reads only what a study stored (study.yaml, results.parquet, curves.parquet);
 nothing here trains or touches Ray. Accuracies are percentages (0-100).
 results.parquet may also hold a study's seed ensembles, one row each: they
-make cells of their own (method `<method>_ensemble`) but are not trials; and
-its zero-shot reference rows, which are neither cells nor trials but the line
-every accuracy figure is read against.
+make cells of their own (method `<method>_ensemble`) but are not trials. The
+zero-shot reference (reference/results.parquet, ptlab.study.reference) is
+neither: it is the line every accuracy figure is read against.
 
 Uncertainty is one rule, stated once in the report (UNCERTAINTY): a cell's
 mean over its completed seeds, with a Student-t 95% interval from 3 seeds up.
@@ -30,7 +30,8 @@ import yaml
 from pydantic import BaseModel
 
 from ptlab.config import TrialConfig
-from ptlab.study.store import ENSEMBLE_SIZE, ResultStore, is_ensemble, is_reference
+from ptlab.study.reference import reference_store
+from ptlab.study.store import ENSEMBLE_SIZE, ResultStore, is_ensemble
 
 COMPLETED = "completed"
 PRUNED = "pruned"
@@ -150,9 +151,8 @@ def load_study(folder: str | Path) -> StudyResults:
     if not rows.is_empty():
         # A retried trial is appended again; its latest row is the one that counts.
         rows = spread_method_options(rows.unique(subset="trial_id", keep="last", maintain_order=True))
-    ensemble, reference = is_ensemble(rows), is_reference(rows)
-    references = rows.filter(reference) if not rows.is_empty() else rows
-    rows = rows.filter(~reference) if not rows.is_empty() else rows
+    ensemble = is_ensemble(rows)
+    references = reference_store(folder).rows()
     curves = store.curves()
     factors = list((spec.get("factors") or {}).keys())
     return StudyResults(

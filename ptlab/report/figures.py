@@ -194,10 +194,9 @@ def _reference_traces(fig: go.Figure, lines: list[Reference], span: list[Any], r
         shown.add("_clean_key")
 
 
-def _seed_points(study: StudyResults, cell_ids: list[str], x: str, y: str) -> pl.DataFrame:
-    """The completed seeds of the given cells, to draw as points where a cell has too few for an interval."""
-    rows = study.rows
-    return rows.filter(pl.col("cell_id").is_in(cell_ids) & (pl.col("status") == COMPLETED) & pl.col(y).is_not_null())
+def _seed_points(study: StudyResults, cell_ids: list[str], y: str) -> pl.DataFrame:
+    """The completed seeds of the given cells that hold ``y``, to draw as points where a cell has too few for an interval."""
+    return study.rows.filter(pl.col("cell_id").is_in(cell_ids) & (pl.col("status") == COMPLETED) & pl.col(y).is_not_null())
 
 
 def _rest(study: StudyResults, *used: str | None) -> list[str]:
@@ -262,7 +261,7 @@ def _curve(spec: dash.Curve, study: StudyResults, cells: pl.DataFrame) -> go.Fig
                 fig.add_trace(go.Scatter(x=xs, y=upper, fill="tonexty", fillcolor=_colour(k, 0.2), **band), row, col)
             few = s.filter(pl.col("n_seeds") < MIN_SEEDS_FOR_CI)["cell_id"].to_list()
             if spec.band and few:
-                points = _seed_points(study, few, x, y)
+                points = _seed_points(study, few, y)
                 fig.add_trace(
                     go.Scatter(
                         x=points[x].to_list(),
@@ -299,6 +298,7 @@ def _curve(spec: dash.Curve, study: StudyResults, cells: pl.DataFrame) -> go.Fig
         _reference_traces(fig, references, span, row, col, shown)
     fig.update_xaxes(title_text=x)
     fig.update_yaxes(title_text=f"{_label(y)}, mean", col=1)
+    fig.update_yaxes(matches="y")
     fig.update_layout(height=rows * PANEL_HEIGHT + 80, legend_title_text=", ".join(series_by))
     return fig
 
@@ -416,15 +416,38 @@ def _bars(spec: dash.Bars, study: StudyResults, cells: pl.DataFrame) -> go.Figur
                 x=labels,
                 y=means,
                 name=m,
+                legendgroup=m,
+                offsetgroup=str(k),
                 marker_color=_colour(k),
                 error_y={"type": "data", "array": cis, "visible": True},
                 hovertemplate=f"%{{x}}<br>{m}=%{{y:.2f}}<extra></extra>",
             )
         )
+        few = {g["cell_id"].item(): label for label, (_, g) in zip(labels, groups, strict=True)
+               if g["n_seeds"].item() < MIN_SEEDS_FOR_CI}
+        points = _seed_points(study, list(few), m)
+        if points.height:
+            fig.add_trace(
+                go.Scatter(
+                    x=[few[c] for c in points["cell_id"].to_list()],
+                    y=points[m].to_list(),
+                    mode="markers",
+                    legendgroup=m,
+                    offsetgroup=str(k),
+                    showlegend=False,
+                    marker={"color": "black", "size": 6, "symbol": "circle-open"},
+                    customdata=points["seed"].to_list(),
+                    hovertemplate=f"seed %{{customdata}}: {m}=%{{y:.2f}}<extra></extra>",
+                )
+            )
     percent = all(is_percent(m) for m in ys)
-    for name, value in zero_shot_values(study, ys[0], {}) if percent and len(ys) == 1 else []:
-        fig.add_hline(y=value, line_dash="dash", line_color=ZERO_SHOT_COLOUR, annotation_text=f"{name} {value:.1f}%")
-    fig.update_layout(barmode="group", height=PANEL_HEIGHT + 80, yaxis_title_text="mean (%)" if percent else "mean")
+    # The zero-shot reference measures test accuracy; it is drawn where the bars hold it.
+    reference = "test_acc" if "test_acc" in ys else ys[0] if len(ys) == 1 else None
+    for name, value in zero_shot_values(study, reference, {}) if reference else []:
+        label = name if len(ys) == 1 else f"{name}, {reference}"
+        fig.add_hline(y=value, line_dash="dash", line_color=ZERO_SHOT_COLOUR, annotation_text=f"{label} {value:.1f}%")
+    fig.update_layout(barmode="group", scattermode="group", height=PANEL_HEIGHT + 80,
+                      yaxis_title_text="mean (%)" if percent else "mean")
     return fig
 
 
@@ -530,7 +553,7 @@ def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.D
                         "legendgroup": label}
                 fig.add_trace(go.Scatter(x=epochs, y=_clip(mean - ci, y).to_list(), **band), row, col)
                 fig.add_trace(go.Scatter(x=epochs, y=_clip(mean + ci, y).to_list(), fill="tonexty",
-                                         fillcolor=_colour(k, 0.2), **band), row, col)
+                                         fillcolor=_colour(k, 0.12), **band), row, col)
             seeds = panel.filter(match & (pl.col("status") == COMPLETED))
             if part["n"].max() < MIN_SEEDS_FOR_CI:
                 fig.add_trace(go.Scatter(x=seeds["epoch"].to_list(), y=seeds[y].to_list(), mode="markers",
@@ -568,7 +591,9 @@ def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.D
             shown.add("stopped by ASHA")
         _reference_traces(fig, references, panel["epoch"].unique().to_list(), row, col, shown)
     fig.update_xaxes(title_text="epoch", row=rows)
+    # One y range for every panel (shared_yaxes shares within a row only), so panels compare at a glance.
     fig.update_yaxes(title_text=f"{_label(y)}, mean", col=1)
+    fig.update_yaxes(matches="y")
     fig.update_layout(height=rows * (PANEL_HEIGHT - 120 * many) + 80, legend_title_text=colour or "")
     return fig
 

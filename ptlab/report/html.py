@@ -95,11 +95,13 @@ def _status(study: StudyResults) -> dict:
 
 
 def _banner(study: StudyResults) -> str:
+    from ptlab.study.status import clock
+
     status = _status(study)
     n, planned, state = status["done"], study.planned, status["state"]
     folder = escape(str(study.folder))
     if state == "running":
-        eta = f", about {max(status['eta_s'] / 60, 1):.0f} min to go" if status.get("eta_s") else ""
+        eta = f", ETA {clock(status['eta_s'])}" if status.get("eta_s") else ""
         text = (f"Running: {n} of {status['planned']} planned trials have results, {len(status['running'])} "
                 f"running{eta}. This page is a snapshot; `ptlab report {folder}` rebuilds it.")
         return f'<div class="banner partial" id="status">{text}</div>'
@@ -141,7 +143,8 @@ def _provenance_line(study: StudyResults) -> str:
     parts = []
     for column in PROVENANCE:
         if column in study.trials.columns:
-            values = ", ".join(str(v) for v in study.trials[column].unique(maintain_order=True).to_list() if v)
+            found = [str(v) for v in study.trials[column].unique(maintain_order=True).to_list() if v]
+            values = ", ".join(v[:12] if column == "git_commit" else v for v in found)
             if values:
                 parts.append(f"{column.removesuffix('_version')} {values}")
     parts.append("generated " + dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))

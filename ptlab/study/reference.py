@@ -3,26 +3,29 @@
 Every prompt-tuning paper draws this line; without it a reader cannot see
 whether a learned prompt beats the hand-written one. Once the study's trials
 have ended, each distinct (backbone, dataset, data, template) of its trials
-gets one zero-shot trial, run on the cluster like any trial (its own folder
-under trials/, its record, its row in results.parquet), marked by the
-`reference` column so that it never counts as one of the study's trials.
-A resumed study finds the row and does not run it again.
+gets one zero-shot trial, run on the cluster like any trial and stored like
+one, in a store of its own beside the study's (`reference/results.parquet`,
+its files in `reference/trials/<key>/`), so that it never counts as one of the
+study's trials. It shares the study's feature cache. A resumed study finds
+the row and does not run it again.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
+from pathlib import Path
 
 from ptlab.config import TrialConfig
-from ptlab.methods.base import STATUS_FAILED, provenance
 from ptlab.study.spec import StudySpec
 from ptlab.study.store import KEY, ResultStore, TrialOutcome
-from ptlab.study.trial import TrialPlan, execute
+from ptlab.study.trial import TrialFiles, TrialPlan, execute
 
+REFERENCE_DIR = "reference"
 ZERO_SHOT = "zeroshot"
-# What a zero-shot prediction depends on; everything else of a trial config is training.
-_SHARED = ("backbone", "dataset", "data", "shots", "template", "templates", "precision", "device")
+# What a zero-shot prediction depends on; everything else of a trial config (shots included: the
+# evaluation splits do not depend on them) is training.
+_SHARED = ("backbone", "dataset", "data", "template", "templates", "precision", "device")
 # The untrained baselines a study may already run itself, which need no reference.
 _UNTRAINED = (ZERO_SHOT, "zeroshot_mcm")
 
@@ -49,16 +52,24 @@ def reference_configs(spec: StudySpec) -> list[TrialConfig]:
 
 
 def reference_key(cfg: TrialConfig) -> str:
-    """The reference's folder under trials/ and its key in the store, apart from Tune's trial ids."""
+    """The reference's folder and its key in the reference store, apart from Tune's trial ids."""
     return f"reference-{cfg.trial_id}"
+
+
+def reference_store(study_dir: str | Path) -> ResultStore:
+    return ResultStore(Path(study_dir) / REFERENCE_DIR)
 
 
 def record_references(spec: StudySpec, plan: TrialPlan) -> int:
     """Run (on Ray) and store the zero-shot reference rows the study still lacks; returns how many it added."""
     import ray
 
-    store = ResultStore(plan.study_dir)
-    stored = store.references()
+    # here, not at the top: reports read REFERENCE_DIR and must not pay for torch
+    from ptlab.methods.base import STATUS_FAILED, provenance
+
+    store = reference_store(plan.study_dir)
+    store.folder.mkdir(parents=True, exist_ok=True)
+    stored = store.results()
     have = set(stored[KEY].to_list()) if stored.height else set()
     run_remote = ray.remote(num_cpus=plan.cpu, num_gpus=plan.gpu)(execute)
     added = 0
@@ -66,7 +77,7 @@ def record_references(spec: StudySpec, plan: TrialPlan) -> int:
         key = reference_key(cfg)
         if key in have:
             continue
-        files = plan.files(key)
+        files = TrialFiles(store.folder / "trials" / key)  # beside the outcome.json the store keeps
         started, error = time.perf_counter(), ""
         if files.read_record() is None:
             try:
@@ -75,8 +86,7 @@ def record_references(spec: StudySpec, plan: TrialPlan) -> int:
                 error = traceback.format_exc()[-4000:]
         record = files.read_record()
         timings = {"wall_s": round(time.perf_counter() - started, 3), "finished_at": time.time(), "attempts": 1}
-        common = dict(key=key, trial_id=cfg.trial_id, cell_id=cfg.trial_id, config=cfg.canonical(), curve=[],
-                      reference=ZERO_SHOT)
+        common = dict(key=key, trial_id=cfg.trial_id, cell_id=cfg.trial_id, config=cfg.canonical(), curve=[])
         if record is None:
             outcome = TrialOutcome(status=STATUS_FAILED, metrics={}, timings=timings, provenance=provenance(),
                                    error=error or "the zero-shot reference wrote no record", **common)

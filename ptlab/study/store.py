@@ -14,8 +14,7 @@ id, so recording a trial twice (after a resume) replaces, never duplicates.
 results.parquet also holds the rows of a study's seed ensembles
 (ptlab.methods.ensemble), which alone have an `ensemble_size`. They are
 derived from the trials' rows and always replaced as a whole, so computing
-them again (after a resume) never duplicates them either. Its zero-shot
-reference rows (ptlab.study.reference) alone have a `reference`.
+them again (after a resume) never duplicates them either.
 """
 
 from __future__ import annotations
@@ -39,8 +38,6 @@ ENSEMBLES = "ensembles.json"  # in the study folder: the ensemble rows, likewise
 KEY = "tune_trial_id"
 # Set on ensemble rows only: what tells them from trial rows, here and in reports.
 ENSEMBLE_SIZE = "ensemble_size"
-# Set on the study's reference rows only (ptlab.study.reference): what they are, e.g. "zeroshot".
-REFERENCE = "reference"
 PROVENANCE_COLUMNS = {
     "ptlab": "ptlab_version",
     "torch": "torch_version",
@@ -54,11 +51,6 @@ PROVENANCE_COLUMNS = {
 def is_ensemble(rows: pl.DataFrame) -> pl.Expr:
     """Which rows of a results table are seed ensembles: only they carry an ensemble_size."""
     return pl.col(ENSEMBLE_SIZE).is_not_null() if ENSEMBLE_SIZE in rows.columns else pl.lit(False)
-
-
-def is_reference(rows: pl.DataFrame) -> pl.Expr:
-    """Which rows of a results table are the study's reference trials (zero-shot): only they carry a reference."""
-    return pl.col(REFERENCE).is_not_null() if REFERENCE in rows.columns else pl.lit(False)
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -95,7 +87,6 @@ class TrialOutcome:
     timings: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
     error: str = ""
-    reference: str | None = None  # what reference trial this is; None for the study's own trials
 
     def row(self) -> dict[str, Any]:
         config_columns = flatten_config(self.config)
@@ -124,8 +115,6 @@ class TrialOutcome:
         )
         for source, column in PROVENANCE_COLUMNS.items():
             row[column] = self.provenance.get(source, "")
-        if self.reference is not None:
-            row[REFERENCE] = self.reference
         return row
 
     def curve_rows(self) -> list[dict[str, Any]]:
@@ -153,13 +142,9 @@ class ResultStore:
         return self._read(self.results_path)
 
     def results(self) -> pl.DataFrame:
-        """One row per trial of the study, its references and ensembles aside."""
+        """One row per trial."""
         rows = self.rows()
-        return rows.filter(~is_ensemble(rows) & ~is_reference(rows))
-
-    def references(self) -> pl.DataFrame:
-        rows = self.rows()
-        return rows.filter(is_reference(rows))
+        return rows.filter(~is_ensemble(rows))
 
     def curves(self) -> pl.DataFrame:
         return self._read(self.curves_path)
