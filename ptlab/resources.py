@@ -19,7 +19,8 @@ RUN_QUEUE_SAMPLES = 5
 RUN_QUEUE_INTERVAL_S = 0.01
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -49,7 +50,7 @@ def busy_cores_elsewhere() -> float:
 
 def trial_threads(cpus: float | None = None) -> int:
     """Threads for a trial given `cpus` CPUs (None: the whole machine), capped by the cores free now; at least 1."""
-    cores = _cores()
+    cores = usable_cores()
     given = cores if cpus is None else max(1, int(cpus))
     free = int(cores - busy_cores_elsewhere())
     return max(1, min(given, cores, free))

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ],
 )
 def test_trial_threads_takes_the_least_of_given_cores_and_free(monkeypatch, cpus, busy, expected):
-    monkeypatch.setattr(resources, "_cores", lambda: 4)
+    monkeypatch.setattr(resources, "usable_cores", lambda: 4)
     monkeypatch.setattr(resources, "busy_cores_elsewhere", lambda: busy)
     assert resources.trial_threads(cpus) == expected
 
