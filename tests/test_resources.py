@@ -87,3 +87,15 @@ def test_provenance_reports_loaded_versions():
     import torch
 
     assert provenance()["torch"] == torch.__version__
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc")
+def test_release_memory_returns_freed_heap_that_a_live_block_pins():
+    blocks = [bytes(4000) for _ in range(25000)]  # ~100 MB from malloc (too big for Python's own allocator)
+    pinned = blocks[::50]  # one live block in every 50 keeps the heap from shrinking by itself
+    grown = resources.resident_mb()
+    del blocks
+    assert resources.resident_mb() > grown - 20  # freed, yet still held by the allocator
+    resources.release_memory()
+    assert resources.resident_mb() < grown - 50
+    assert len(pinned) == 500

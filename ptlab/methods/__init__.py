@@ -7,7 +7,7 @@ import traceback
 
 from ptlab.config import TrialConfig
 from ptlab.methods.base import STATUS_FAILED, Timer, TrialContext, TrialRecord, provenance
-from ptlab.resources import resident_mb
+from ptlab.resources import release_memory, resident_mb
 
 # name -> module whose `run(cfg, ctx) -> TrialRecord` is the recipe; modules load
 # on first use so that `ptlab --help` and study validation stay fast.
@@ -89,6 +89,7 @@ def run_trial(cfg: TrialConfig, ctx: TrialContext | None = None, catch: bool = F
             error=f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}",
         )
     record.timings.setdefault("recipe_s", round(timer.elapsed(), 3))
+    release_memory()
     # what the recipe time was measured with, and what a reused worker holds after it
     record.timings.update(threads=torch.get_num_threads(), rss_mb=resident_mb())
     record.provenance = provenance()
