@@ -304,12 +304,36 @@ def _import_seconds(importtime_log: str) -> dict[str, float]:
     return {**{k: round(v, 2) for k, v in seconds.items()}, "all": round(total, 2)}
 
 
-def _fresh_ptlab(args: list[str], env: dict[str, str] | None = None) -> tuple[float, dict[str, float], str]:
-    """Wall seconds, import seconds by package and stdout of one fresh `python -m ptlab ...` process."""
+# A source tree of an earlier ptlab (e.g. `git archive <commit> | tar -x -C DIR`): the start-up and status
+# cases then time its processes too, alternating with this tree's, so before and after share the load.
+BASELINE_ENV = "PTLAB_BENCH_BASELINE"
+
+
+def _trees() -> dict[str, str | None]:
+    baseline = os.environ.get(BASELINE_ENV)
+    return {"current": None, **({"baseline": baseline} if baseline else {})}
+
+
+def _fresh_ptlab(args: list[str], env: dict[str, str] | None = None, tree: str | None = None
+                 ) -> tuple[float, dict[str, float], str]:
+    """Wall seconds, import seconds by package and stdout of one fresh `python -m ptlab ...` process (of `tree` if given)."""
+    env = {**os.environ, **(env or {}), **({"PYTHONPATH": tree} if tree else {})}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "ptlab", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, check=True)
+                          env=env, cwd=tree, check=True)
     return time.perf_counter() - start, _import_seconds(done.stderr), done.stdout
+
+
+def _median_run(runs: list[tuple]) -> tuple:
+    return sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+
+
+def _baseline_fields(runs: dict[str, list[tuple]], what: str) -> tuple[dict, str]:
+    if "baseline" not in runs:
+        return {}, ""
+    base = _median_run(runs["baseline"])
+    return ({f"baseline_{what}": round(base[0], 2), "baseline_import_s": base[-1], "baseline": os.environ[BASELINE_ENV]},
+            f"; baseline tree {base[0]:.2f} s, alternating")
 
 
 def trial_startup() -> dict:
@@ -321,24 +345,26 @@ def trial_startup() -> dict:
     """
     import json
 
-    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         config, record = Path(tmp) / "trial.yaml", Path(tmp) / "record.json"
         config.write_text(TINY_TRIAL)
         args = ["trial", "run", "-c", str(config), "-o", str(record), "--quiet"]
         env = {"PTLAB_CACHE": str(Path(tmp) / "cache")}
         _fresh_ptlab(args, env)
-        for _ in range(3):
-            wall, imports, _ = _fresh_ptlab(args, env)
-            recipe = json.loads(record.read_text())["timings"]["recipe_s"]
-            runs.append((wall - recipe, wall, imports))
-    startup, wall, imports = sorted(runs, key=lambda r: r[0])[1]
+        runs = {name: [] for name in _trees()}
+        for _ in range(5):
+            for name, tree in _trees().items():
+                wall, imports, _ = _fresh_ptlab(args, env, tree)
+                recipe = json.loads(record.read_text())["timings"]["recipe_s"]
+                runs[name].append((wall - recipe, wall, imports))
+    startup, wall, imports = _median_run(runs["current"])
+    baseline, versus = _baseline_fields(runs, "startup_s")
     return {
         "value": round(startup, 2), "unit": "s", "target": "<= 5 s", "met": startup <= 5, "wall_s": round(wall, 2),
-        "import_s": imports,
+        "import_s": imports, **baseline,
         "note": f"fresh `ptlab trial run`: {startup:.2f} s outside the recipe of a {wall:.1f} s trial; imports "
                 f"{imports['all']:.2f} s (torch {imports['torch']:.2f}, open_clip {imports['open_clip']:.2f}, "
-                f"ray {imports['ray']:.2f}); median of 3",
+                f"ray {imports['ray']:.2f}); median of 5{versus}",
     }
 
 
@@ -353,14 +379,19 @@ def study_status() -> dict:
     })
     with tempfile.TemporaryDirectory() as tmp, _ray_cluster() as connection:
         _run_study(spec, Path(tmp), connection)
-        runs = [_fresh_ptlab(["study", "status", tmp]) for _ in range(3)]
-    wall, imports, shown = sorted(runs, key=lambda r: r[0])[1]
+        runs = {name: [] for name in _trees()}
+        for _ in range(5):
+            for name, tree in _trees().items():
+                wall, imports, shown = _fresh_ptlab(["study", "status", tmp], tree=tree)
+                runs[name].append((wall, shown, imports))
+    wall, shown, imports = _median_run(runs["current"])
     heavy = [name for name in ("torch", "ray") if imports[name]]
+    baseline, versus = _baseline_fields(runs, "s")
     return {
         "value": round(wall, 2), "unit": "s", "target": "<= 1 s, no torch/ray", "met": wall <= 1 and not heavy,
-        "import_s": imports, "shows_trials": "4/4 finished" in shown,
+        "import_s": imports, "shows_trials": "4/4 finished" in shown, **baseline,
         "note": f"fresh `ptlab study status`: {wall:.2f} s, imports {imports['all']:.2f} s "
-                f"({', '.join(heavy) or 'no torch, no ray'} imported); median of 3",
+                f"({', '.join(heavy) or 'no torch, no ray'} imported); median of 5{versus}",
     }
 
 
