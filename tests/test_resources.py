@@ -64,6 +64,8 @@ def test_git_commit_matches_git():
         # `ptlab study status`: results through polars, the stored spec read without torch or Ray
         ("from ptlab.study.status import study_status; from ptlab.study.spec import load_study; "
          "load_study('{stored}')", ("torch", "ray", "open_clip")),
+        # `ptlab study validate` of a world study: every guard, still without torch or open_clip
+        ("from ptlab.study.spec import load_study; load_study('studies/noise_grid.yaml')", ("torch", "ray", "open_clip")),
         # every `ptlab` command: the CLI mounts all of them
         ("import ptlab.cli", ("torch", "ray", "open_clip", "polars")),
         # a trial's provenance names the versions without importing them
