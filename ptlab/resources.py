@@ -10,6 +10,9 @@ than a thread too few, and the count errs low.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import statistics
 import time
@@ -19,7 +22,8 @@ RUN_QUEUE_SAMPLES = 5
 RUN_QUEUE_INTERVAL_S = 0.01
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -49,7 +53,7 @@ def busy_cores_elsewhere() -> float:
 
 def trial_threads(cpus: float | None = None) -> int:
     """Threads for a trial given `cpus` CPUs (None: the whole machine), capped by the cores free now; at least 1."""
-    cores = _cores()
+    cores = usable_cores()
     given = cores if cpus is None else max(1, int(cpus))
     free = int(cores - busy_cores_elsewhere())
     return max(1, min(given, cores, free))
@@ -74,3 +78,22 @@ def resident_mb() -> float | None:
     except OSError:
         pass
     return None
+
+
+def release_memory() -> None:
+    """Return the heap a finished trial freed to the system, so that a reused worker does not grow trial after trial.
+
+    Ray runs each trial of a reused worker in a new thread, and glibc gives
+    threads their own malloc arenas, each keeping the freed heap of the trial
+    that used it: measured, the default study's inline worker grew from 1282 MB
+    after 4 trials to 1808 MB after 32, about 60 MB a trial until every arena
+    held one. malloc_trim hands back the free part of every arena.
+    """
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):  # glibc only
+            libc.malloc_trim(0)
+    except OSError:
+        pass

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ],
 )
 def test_trial_threads_takes_the_least_of_given_cores_and_free(monkeypatch, cpus, busy, expected):
-    monkeypatch.setattr(resources, "_cores", lambda: 4)
+    monkeypatch.setattr(resources, "usable_cores", lambda: 4)
     monkeypatch.setattr(resources, "busy_cores_elsewhere", lambda: busy)
     assert resources.trial_threads(cpus) == expected
 
@@ -64,6 +64,8 @@ def test_git_commit_matches_git():
         # `ptlab study status`: results through polars, the stored spec read without torch or Ray
         ("from ptlab.study.status import study_status; from ptlab.study.spec import load_study; "
          "load_study('{stored}')", ("torch", "ray", "open_clip")),
+        # `ptlab study validate` of a world study: every guard, still without torch or open_clip
+        ("from ptlab.study.spec import load_study; load_study('studies/noise_grid.yaml')", ("torch", "ray", "open_clip")),
         # every `ptlab` command: the CLI mounts all of them
         ("import ptlab.cli", ("torch", "ray", "open_clip", "polars")),
         # a trial's provenance names the versions without importing them
@@ -87,3 +89,15 @@ def test_provenance_reports_loaded_versions():
     import torch
 
     assert provenance()["torch"] == torch.__version__
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc")
+def test_release_memory_returns_freed_heap_that_a_live_block_pins():
+    blocks = [bytes(4000) for _ in range(25000)]  # ~100 MB from malloc (too big for Python's own allocator)
+    pinned = blocks[::50]  # one live block in every 50 keeps the heap from shrinking by itself
+    grown = resources.resident_mb()
+    del blocks
+    assert resources.resident_mb() > grown - 20  # freed, yet still held by the allocator
+    resources.release_memory()
+    assert resources.resident_mb() < grown - 50
+    assert len(pinned) == 500

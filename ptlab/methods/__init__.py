@@ -7,7 +7,7 @@ import traceback
 
 from ptlab.config import TrialConfig
 from ptlab.methods.base import STATUS_FAILED, Timer, TrialContext, TrialRecord, provenance
-from ptlab.resources import resident_mb
+from ptlab.resources import release_memory, resident_mb
 
 # name -> module whose `run(cfg, ctx) -> TrialRecord` is the recipe; modules load
 # on first use so that `ptlab --help` and study validation stay fast.
@@ -74,8 +74,11 @@ def run_trial(cfg: TrialConfig, ctx: TrialContext | None = None, catch: bool = F
     timer = Timer()
     try:
         run = recipe(cfg.method)
-        # Importing the method's module (open_clip, torchvision: seconds in a fresh process)
-        # is start-up cost, which studies count as per-trial overhead, not as recipe time.
+        # Importing the method's module and open_clip, which the backbone loader imports only
+        # when it builds a model (with torchvision and timm: seconds in a fresh process), is
+        # start-up cost, which studies count as per-trial overhead, not as recipe time.
+        import open_clip  # noqa: F401
+
         timer = Timer()
         record = run(cfg, ctx)
     except Exception as err:
@@ -89,6 +92,7 @@ def run_trial(cfg: TrialConfig, ctx: TrialContext | None = None, catch: bool = F
             error=f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}",
         )
     record.timings.setdefault("recipe_s", round(timer.elapsed(), 3))
+    release_memory()
     # what the recipe time was measured with, and what a reused worker holds after it
     record.timings.update(threads=torch.get_num_threads(), rss_mb=resident_mb())
     record.provenance = provenance()

@@ -213,10 +213,10 @@ def text_context(backbone: str) -> int | None:
     import json
 
     scheme, _, rest = backbone.partition(":")
-    if scheme == "world":
-        from ptlab.world.pretrain import TEXT_CFG
+    if scheme == "world":  # its shipped folder's config: ptlab.world.pretrain would import open_clip and torch
+        from ptlab.models.backbone import WORLD_ASSETS
 
-        return int(TEXT_CFG["context_length"])
+        scheme, rest = "local-dir", str(WORLD_ASSETS / rest)
     if scheme == "local-dir":
         try:
             cfg = json.loads((Path(rest) / "open_clip_config.json").read_text())["model_cfg"]
