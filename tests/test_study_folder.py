@@ -129,10 +129,9 @@ def _interrupted_run(spec, study_dir, connection):
 def test_copied_and_moved_studies_resume_where_they_lie(random_tiny_clip, tmp_path):
     import shutil
 
-    import polars as pl
-
     from ptlab.study.cluster import connect, disconnect
     from ptlab.study.spec import validate_study
+    from ptlab.study.store import ResultStore
     from ptlab.study.tuner import run_study
 
     spec = validate_study({
@@ -148,13 +147,13 @@ def test_copied_and_moved_studies_resume_where_they_lie(random_tiny_clip, tmp_pa
         before = _files(original)
         assert run_study(spec, copy, connection, resume=True)
         assert _files(original) == before, "resuming the copy changed its original"
-        rows = pl.read_parquet(copy / "results.parquet")
+        rows = ResultStore(copy).results()
         assert rows.height == 4 and rows["tune_trial_id"].n_unique() == 4 and not {"failed", "pruned"} & set(rows["status"])
 
         original.rename(moved)
         assert run_study(spec, moved, connection, resume=True)
         assert not original.exists()
-        rows = pl.read_parquet(moved / "results.parquet")
+        rows = ResultStore(moved).results()
         assert rows.height == 4 and not {"failed", "pruned"} & set(rows["status"])
     finally:
         disconnect(connection)
