@@ -87,11 +87,12 @@ def check_yaml(root: yaml.Node | None) -> None:
     size(root, ())
 
 
-def check_study(base: dict[str, Any], factors: dict[str, Any], seeds: Any, report: Report, stored: bool = False) -> bool:
+def check_study(base: dict[str, Any], factors: dict[str, Any], seeds: Any, report: Report, stored: bool = False,
+                check_data: bool = True) -> bool:
     """Every guard on a study's fields as written (base config, resolved factor paths, seeds); False if the grid is too large.
 
     stored: the file is a study folder's study.yaml, which ptlab wrote and checked when the
-    study started (its data then included); those of older versions spell out every base
+    study started (its data included); those of older versions spell out every base
     field, factors included.
     """
     if not check_grid_size(factors, seeds, report):
@@ -102,7 +103,8 @@ def check_study(base: dict[str, Any], factors: dict[str, Any], seeds: Any, repor
         # spec is read by `ptlab study status`, which must stay free of torch and open_clip.
         check_fixed_and_factor(base, factors, report)
         check_context(base, factors, report)
-        check_data(base, factors, report)
+        if check_data:
+            check_dataset_files(base, factors, report)
     return True
 
 
@@ -271,7 +273,7 @@ def train_class_sizes(dataset: str, data: dict[str, Any]) -> list[int] | None:
     return [int(c) for c in counts if c > 0]
 
 
-def check_data(base: dict[str, Any], factors: dict[str, Any], report: Report) -> None:
+def check_dataset_files(base: dict[str, Any], factors: dict[str, Any], report: Report) -> None:
     """What needs the data on disk: folder datasets that are not there, shots beyond every class's training images."""
     for where, path, value in _settings(base, factors):
         if path == "dataset" and isinstance(value, str) and value.startswith("folder:"):
