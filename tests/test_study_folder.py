@@ -270,3 +270,16 @@ def test_a_restored_searcher_writes_to_the_journal_of_the_folder_it_was_restored
     restored.suggest("t2")
     assert (original / OPTUNA_JOURNAL).read_bytes() == before
     assert len((copy / OPTUNA_JOURNAL).read_bytes()) > len(before)
+
+
+def test_cli_refuses_to_resume_a_study_another_driver_holds(tmp_path):
+    from typer.testing import CliRunner
+
+    from ptlab.cli import app
+
+    (tmp_path / "study.yaml").write_text(_edited().to_yaml())
+    with study_lock(tmp_path, "ptlab study run"):
+        result = CliRunner().invoke(app, ["study", "resume", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"is being run by pid {os.getpid()} on host {socket.gethostname()}" in result.output
+    assert "`ptlab study run`" in result.output and not (tmp_path / "tune").exists()
