@@ -144,13 +144,18 @@ def test_copied_and_moved_studies_resume_where_they_lie(random_tiny_clip, tmp_pa
     try:
         assert not _interrupted_run(spec, original, connection)
         shutil.copytree(original, copy, symlinks=True)
-        before = _files(original)
+        original.rename(moved)
+        before = _files(moved)
         assert run_study(spec, copy, connection, resume=True)
-        assert _files(original) == before, "resuming the copy changed its original"
+        assert _files(moved) == before, "resuming the copy changed its original"
+        assert not original.exists(), "resuming the copy wrote to the original's old path"
         rows = ResultStore(copy).results()
         assert rows.height == 4 and rows["tune_trial_id"].n_unique() == 4 and not {"failed", "pruned"} & set(rows["status"])
-
-        original.rename(moved)
+    finally:
+        disconnect(connection)
+    # as a user would, from a fresh driver and cluster: the copy's trials share the moved study's Tune ids
+    connection = connect(num_cpus=2)
+    try:
         assert run_study(spec, moved, connection, resume=True)
         assert not original.exists()
         rows = ResultStore(moved).results()
