@@ -21,7 +21,7 @@ def office_home_on_this_machine(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path", REAL, ids=lambda p: p.stem)
 def test_real_studies_validate_and_name_what_they_replicate(path):
-    spec = load_study(path, check_data=False)  # their datasets need not be on this machine
+    spec = load_study(path)
     assert spec.trials()
     header = path.read_text().split("\nname:")[0]
     assert header.startswith("# Replicates:") and "Published" in header and "differently" in header
@@ -39,6 +39,6 @@ def test_ptnl_replications_use_the_released_noise_and_gce_q(path):
 
 
 def test_ueo_office_home_uses_the_released_transductive_protocol():
-    trials = load_study(FOLDER / "ueo_officehome.yaml", check_data=False).trials()
+    trials = load_study(FOLDER / "ueo_officehome.yaml").trials()
     assert {t.config.method_options.get("protocol") for t in trials} == {"transductive"}
     assert not any(t.config.method_options.get("include_downsample_bn") for t in trials)
