@@ -41,6 +41,7 @@ def trial_processes(cluster_id: str) -> list[int]:
 def test_random_kills_of_trial_processes_leave_each_trial_once_with_its_true_status(random_tiny_clip, tmp_path):
     from ptlab.study.cluster import connect, disconnect
     from ptlab.study.spec import validate_study
+    from ptlab.study.store import ResultStore
     from ptlab.study.tuner import run_study
 
     spec = validate_study({
@@ -75,7 +76,7 @@ def test_random_kills_of_trial_processes_leave_each_trial_once_with_its_true_sta
         disconnect(connection)
     assert killed, "no trial process was killed: the test tested nothing"
 
-    rows = pl.read_parquet(study_dir / "results.parquet")
+    rows = ResultStore(study_dir).results()
     planned = {t.trial_id for t in spec.trials()}
     assert rows.height == len(planned) and set(rows["trial_id"]) == planned
     assert rows["tune_trial_id"].n_unique() == rows.height

@@ -129,10 +129,9 @@ def _interrupted_run(spec, study_dir, connection):
 def test_copied_and_moved_studies_resume_where_they_lie(random_tiny_clip, tmp_path):
     import shutil
 
-    import polars as pl
-
     from ptlab.study.cluster import connect, disconnect
     from ptlab.study.spec import validate_study
+    from ptlab.study.store import ResultStore
     from ptlab.study.tuner import run_study
 
     spec = validate_study({
@@ -145,16 +144,21 @@ def test_copied_and_moved_studies_resume_where_they_lie(random_tiny_clip, tmp_pa
     try:
         assert not _interrupted_run(spec, original, connection)
         shutil.copytree(original, copy, symlinks=True)
-        before = _files(original)
-        assert run_study(spec, copy, connection, resume=True)
-        assert _files(original) == before, "resuming the copy changed its original"
-        rows = pl.read_parquet(copy / "results.parquet")
-        assert rows.height == 4 and rows["tune_trial_id"].n_unique() == 4 and not {"failed", "pruned"} & set(rows["status"])
-
         original.rename(moved)
+        before = _files(moved)
+        assert run_study(spec, copy, connection, resume=True)
+        assert _files(moved) == before, "resuming the copy changed its original"
+        assert not original.exists(), "resuming the copy wrote to the original's old path"
+        rows = ResultStore(copy).results()
+        assert rows.height == 4 and rows["tune_trial_id"].n_unique() == 4 and not {"failed", "pruned"} & set(rows["status"])
+    finally:
+        disconnect(connection)
+    # as a user would, from a fresh driver and cluster: the copy's trials share the moved study's Tune ids
+    connection = connect(num_cpus=2)
+    try:
         assert run_study(spec, moved, connection, resume=True)
         assert not original.exists()
-        rows = pl.read_parquet(moved / "results.parquet")
+        rows = ResultStore(moved).results()
         assert rows.height == 4 and not {"failed", "pruned"} & set(rows["status"])
     finally:
         disconnect(connection)
@@ -271,3 +275,16 @@ def test_a_restored_searcher_writes_to_the_journal_of_the_folder_it_was_restored
     restored.suggest("t2")
     assert (original / OPTUNA_JOURNAL).read_bytes() == before
     assert len((copy / OPTUNA_JOURNAL).read_bytes()) > len(before)
+
+
+def test_cli_refuses_to_resume_a_study_another_driver_holds(tmp_path):
+    from typer.testing import CliRunner
+
+    from ptlab.cli import app
+
+    (tmp_path / "study.yaml").write_text(_edited().to_yaml())
+    with study_lock(tmp_path, "ptlab study run"):
+        result = CliRunner().invoke(app, ["study", "resume", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"is being run by pid {os.getpid()} on host {socket.gethostname()}" in result.output
+    assert "`ptlab study run`" in result.output and not (tmp_path / "tune").exists()

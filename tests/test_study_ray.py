@@ -85,7 +85,7 @@ def cluster(tmp_path_factory):
 
 
 def study(backbone: str, **fields) -> dict:
-    return {
+    spec = {
         "name": "t",
         "method": "coop",
         "backbone": backbone,
@@ -97,6 +97,9 @@ def study(backbone: str, **fields) -> dict:
         "retries": 1,
         **fields,
     }
+    for factor in set(spec.get("factors", {})) - {"method"}:  # a field is either fixed or a factor
+        spec.pop(factor, None)
+    return spec
 
 
 def run(spec_fields: dict, study_dir: Path, connection) -> bool:

@@ -300,13 +300,8 @@ def test_report_path_resolves_next_to_the_study(tmp_path):
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
 def test_shipped_studies_validate(path):
-    try:
-        spec = load_study(path)
-    except StudyError as err:
-        problems = str(err).splitlines()[1:]
-        if problems and all("'folder:" in p and ": no folder " in p for p in problems):
-            pytest.skip(f"its data folders are not on this machine: {problems[0]}")
-        raise
+    # their datasets need not be on this machine (real-data studies): the file itself is judged
+    spec = load_study(path, check_data=False)
     assert spec.n_planned() >= 1
 
 

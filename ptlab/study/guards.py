@@ -87,21 +87,24 @@ def check_yaml(root: yaml.Node | None) -> None:
     size(root, ())
 
 
-def check_study(base: dict[str, Any], factors: dict[str, Any], seeds: Any, report: Report, stored: bool = False) -> bool:
+def check_study(base: dict[str, Any], factors: dict[str, Any], seeds: Any, report: Report, stored: bool = False,
+                check_data: bool = True) -> bool:
     """Every guard on a study's fields as written (base config, resolved factor paths, seeds); False if the grid is too large.
 
-    stored: the file is a study folder's study.yaml, which ptlab wrote; those of older
-    versions spell out every base field, factors included.
+    stored: the file is a study folder's study.yaml, which ptlab wrote and checked when the
+    study started (its data included); those of older versions spell out every base
+    field, factors included.
     """
     if not check_grid_size(factors, seeds, report):
         return False
     check_values(base, factors, seeds, report)
     if not stored:
         # The checks that read backbones and datasets ran when the study was written; a stored
-        # spec is read by `ptlab study status`, which must stay free of torch.
+        # spec is read by `ptlab study status`, which must stay free of torch and open_clip.
         check_fixed_and_factor(base, factors, report)
         check_context(base, factors, report)
-        check_shots(base, factors, report)
+        if check_data:
+            check_dataset_files(base, factors, report)
     return True
 
 
@@ -196,11 +199,6 @@ def check_values(base: dict[str, Any], factors: dict[str, Any], seeds: Any, repo
         elif path == "template" and isinstance(value, str) and value.count("{}") != 1:
             report(where, f"{value!r}: a template holds the class name's slot {{}} exactly once, "
                           "e.g. 'a photo of a {}.'")
-        elif path == "dataset" and isinstance(value, str) and value.startswith("folder:"):
-            folder = Path(value.removeprefix("folder:")).expanduser()
-            if not folder.is_dir():
-                report(where, f"{value!r}: no folder {folder.resolve()} (relative paths are read from "
-                              f"{Path.cwd()}); name an existing folder with one sub-folder of images per class")
 
 
 def _choices(base: dict[str, Any], factors: dict[str, Any], path: str, default: Any) -> list[Any]:
@@ -209,23 +207,22 @@ def _choices(base: dict[str, Any], factors: dict[str, Any], path: str, default: 
 
 
 def text_context(backbone: str) -> int | None:
-    """The text tower's context length, from the backbone's config alone; None where that needs its weights."""
+    """The text tower's context length, from the backbone's config file alone; None where that needs its weights."""
     import json
 
     scheme, _, rest = backbone.partition(":")
-    if scheme == "world":  # its shipped folder's config: ptlab.world.pretrain would import open_clip and torch
+    if scheme in ("world", "local-dir"):
         from ptlab.models.backbone import WORLD_ASSETS
 
-        scheme, rest = "local-dir", str(WORLD_ASSETS / rest)
-    if scheme == "local-dir":
+        folder = WORLD_ASSETS / rest if scheme == "world" else Path(rest)
         try:
-            cfg = json.loads((Path(rest) / "open_clip_config.json").read_text())["model_cfg"]
+            cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
         except (OSError, ValueError, KeyError):
             return None
         return int(cfg.get("text_cfg", {}).get("context_length", 77))
     if scheme in ("ckpt", "timm"):
         return None
-    import open_clip
+    import open_clip  # already imported by the backbone check of an open_clip name
 
     cfg = open_clip.get_model_config(scheme)
     return int(cfg.get("text_cfg", {}).get("context_length", 77)) if cfg else None
@@ -276,8 +273,14 @@ def train_class_sizes(dataset: str, data: dict[str, Any]) -> list[int] | None:
     return [int(c) for c in counts if c > 0]
 
 
-def check_shots(base: dict[str, Any], factors: dict[str, Any], report: Report) -> None:
-    """Shots beyond every class's training images: every trial would silently use fewer."""
+def check_dataset_files(base: dict[str, Any], factors: dict[str, Any], report: Report) -> None:
+    """What needs the data on disk: folder datasets that are not there, shots beyond every class's training images."""
+    for where, path, value in _settings(base, factors):
+        if path == "dataset" and isinstance(value, str) and value.startswith("folder:"):
+            folder = Path(value.removeprefix("folder:")).expanduser()
+            if not folder.is_dir():
+                report(where, f"{value!r}: no folder {folder.resolve()} (relative paths are read from "
+                              f"{Path.cwd()}); name an existing folder with one sub-folder of images per class")
     data = base.get("data") if isinstance(base.get("data"), dict) else {}
     datasets = [d for d in _choices(base, factors, "dataset", "world:shapes") if isinstance(d, str)]
     sizes = {d: train_class_sizes(d, data) for d in datasets}

@@ -466,8 +466,13 @@ def _check_report(spec: StudySpec, source: Path | None, issues: _Issues) -> str 
     return None
 
 
-def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_, int] | None = None) -> StudySpec:
-    """A checked StudySpec from parsed YAML, or a StudyError listing every problem."""
+def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_, int] | None = None,
+                   check_data: bool = True) -> StudySpec:
+    """A checked StudySpec from parsed YAML, or a StudyError listing every problem.
+
+    check_data=False leaves out what needs the data on disk (guards.check_dataset_files), for
+    judging a study file on a machine without its datasets.
+    """
     path = Path(source) if source != "<study>" else None
     issues = _Issues(str(source), lines or {})
     if not isinstance(data, dict):
@@ -479,7 +484,8 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
         data = _resolve_keys(data, ("search", "space"), issues)
     study = _split_keys(data, issues)
     factors = study.get("factors") if isinstance(study.get("factors"), dict) else {}
-    if not guards.check_study(study["base"], factors, study.get("seeds", [1]), issues.add, stored="spec_hash" in study):
+    if not guards.check_study(study["base"], factors, study.get("seeds", [1]), issues.add,
+                              stored="spec_hash" in study, check_data=check_data):
         issues.raise_if_any()  # a grid too large to look at: refused before anything else is judged
     for key in ("method", "backbone", "dataset"):
         problem = _check_value(TrialConfig(), key, data[key]) if isinstance(data.get(key), str) else None
@@ -528,7 +534,7 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
         raise StudyError(f"{where}: not valid YAML: {problem}") from err
 
 
-def load_study(path: str | Path) -> StudySpec:
+def load_study(path: str | Path, check_data: bool = True) -> StudySpec:
     path = Path(path)
     try:
         text = path.read_text()
@@ -537,4 +543,4 @@ def load_study(path: str | Path) -> StudySpec:
     except (IsADirectoryError, UnicodeDecodeError) as err:
         raise StudyError(f"{path}: not a readable YAML study file: {err}") from err
     data, lines = parse_yaml(text, str(path))
-    return validate_study(data, path, lines)
+    return validate_study(data, path, lines, check_data)
