@@ -85,6 +85,18 @@ def test_figures_with_nothing_to_draw_are_listed_once_at_the_bottom(tmp_path):
     assert page.count('class="plotly-graph-div"') == 2
 
 
+def test_study_whose_every_trial_failed_reports_the_failures(tmp_path):
+    # a trial that fails before its recipe starts has no timings either
+    rows = [
+        fx.trial_row({"noise_type": "symmetric", "noise_rate": rate, "seed": seed}, {"test_acc": 0.0}, status="failed", error="CUDA out of memory")
+        | {"wall_s": None, "recipe_s": None}
+        for rate in (0.0, 0.5) for seed in (1, 2)
+    ]
+    page = build_report(fx.write_study(tmp_path / "s", {"name": "s", "planned_trials": 4}, rows)).read_text()
+    assert "4 failed" in page and "CUDA out of memory" in page
+    assert "compute time" not in page
+
+
 def test_banner_reads_the_status_that_study_status_reads(tmp_path):
     import json
     import os

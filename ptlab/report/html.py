@@ -166,8 +166,9 @@ def _overview(study: StudyResults, board_path: Path) -> str:
     items.append(("dashboard", str(board_path)))
     if study.optuna_storage() is not None:
         items.append(("Optuna storage", str(study.optuna_storage())))
-    if "wall_s" in study.trials.columns:
-        items.append(("compute time", f"{study.trials['wall_s'].sum() / 3600:.2f} trial-hours"))
+    # trials that failed before their recipe started have no wall time, and neither may any trial
+    if "wall_s" in study.trials.columns and study.trials["wall_s"].null_count() < study.trials.height:
+        items.append(("compute time", f"{study.trials['wall_s'].cast(pl.Float64).sum() / 3600:.2f} trial-hours"))
     for column in PROVENANCE:
         if column in study.trials.columns:
             items.append(
