@@ -145,6 +145,10 @@ class TrialPlan:
     # report waits for the controller's next poll, so grids, where nothing listens, send
     # none; every epoch is in curve.jsonl either way.
     stream_epochs: bool
+    # A tuned grid's "search" or "rerun" (StudyKind); empty for grids and searches.
+    phase: str = ""
+    # A tuned grid's factor paths: its search trials and re-runs of one cell share one cell id.
+    cell_fields: tuple[str, ...] = ()
 
     @property
     def cache_dir(self) -> Path:
@@ -153,6 +157,13 @@ class TrialPlan:
 
     def files(self, key: str) -> TrialFiles:
         return TrialFiles(Path(self.study_dir) / "trials" / key)
+
+    def cell_id(self, cfg: TrialConfig) -> str:
+        from ptlab.study.space import cell_id, cell_of
+
+        if not self.cell_fields:
+            return cell_id(cfg)
+        return cell_id(TrialConfig.model_validate(self.base).with_updates(cell_of(cfg, self.cell_fields)))
 
     def config(self, tune_config: dict[str, Any]) -> TrialConfig:
         if "trial" in tune_config:  # grid: the whole config is the grid value
