@@ -648,6 +648,13 @@ def _override_path(field: str) -> Path_:
     return tuple(parts)
 
 
+def _same_field(a: Any, b: str) -> bool:
+    try:
+        return resolve_field(str(a)) == resolve_field(b)
+    except FieldPathError:
+        return False
+
+
 def apply_overrides(data: Any, overrides: list[str], lines: dict[Path_, int]) -> tuple[Any, dict[Path_, str]]:
     """The study with each `FIELD=VALUE` (a YAML value) set, and where each override came from.
 
@@ -682,6 +689,10 @@ def apply_overrides(data: Any, overrides: list[str], lines: dict[Path_, int]) ->
                 break
             node = child
         else:
+            if path[:-1] in PATH_KEYED:
+                # `--set factors.train.lr=...` replaces the file's `lr:` there: both name one field
+                for key in [k for k in node if k != path[-1] and _same_field(k, path[-1])]:
+                    del node[key]
             node[path[-1]] = value
             origins[path] = f"--set {override}"
             lines.pop(path, None)
