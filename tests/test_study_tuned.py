@@ -255,3 +255,60 @@ def test_tiny_tuned_grid_end_to_end(cluster, runner, tmp_path):
     if runner == "train":
         for key in pl.read_parquet(tmp_path / "results.parquet")["tune_trial_id"]:
             assert (tmp_path / "trials" / key / "train").is_dir()
+
+
+@pytest.mark.ray
+def test_resume_after_kill_9_in_each_phase_repeats_and_loses_nothing(tmp_path):
+    """kill -9 of the whole driver session during the searches, resume; again during the re-runs, resume."""
+    from test_study_resume import Driver, kill_session, wait_for
+
+    spec_fields = tuned(name="tuned_resume", shots=4, seeds=[1, 2, 3],
+                        train={"epochs": 40, "views": 1, "batch_size": 2, "augment": False},
+                        search={**TUNED["search"], "asha": {"grace_period": 2, "reduction_factor": 2}})
+    spec = validate_study(spec_fields)
+    study_file, study_dir = tmp_path / "tuned.yaml", tmp_path / "run"
+    study_file.write_text(yaml.safe_dump(spec_fields))
+    trials, selection = study_dir / "trials", study_dir / "selection.json"
+
+    def ended() -> dict[str, int]:
+        return {t.name: (t / "record.json").stat().st_mtime_ns for t in trials.glob("*") if (t / "record.json").is_file()}
+
+    def part_way(keys) -> list[str]:
+        return [k for k in keys if (trials / k / "checkpoint.pt").is_file() and not (trials / k / "record.json").is_file()]
+
+    def rerun_keys() -> set[str]:
+        folder = study_dir / "tune_reruns"
+        return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+
+    def kill(driver: Driver) -> dict[str, int]:
+        kill_session(driver.proc.pid)
+        driver.wait(timeout=30)
+        return ended()
+
+    driver = Driver("run", str(study_file), "--out", str(study_dir), "--cpus", "2")
+    wait_for(lambda: not selection.exists() and trials.is_dir() and ended() and part_way(p.name for p in trials.iterdir()),
+             600, "a search trial ended and another part-way", driver)
+    ended_in_search = kill(driver)
+    assert not selection.exists()
+
+    driver = Driver("resume", str(study_dir), "--cpus", "2")
+    wait_for(lambda: selection.exists() and set(ended()) & rerun_keys() and part_way(rerun_keys()),
+             600, "a re-run ended and another part-way", driver)
+    chosen = selection.read_bytes()
+    ended_in_reruns = kill(driver)
+
+    driver = Driver("resume", str(study_dir), "--cpus", "2")
+    assert driver.wait(timeout=900) == 0, driver.output()
+    assert selection.read_bytes() == chosen  # selected once, whatever happened after
+    df = check_tuned_grid(spec, study_dir)
+    reruns_ended = set(ended_in_reruns) & set(df.filter(pl.col("phase") == "rerun")["tune_trial_id"])
+    assert reruns_ended
+    for key, mtime in ended_in_reruns.items():
+        # ended before a kill: kept as it was, never run again
+        assert (trials / key / "record.json").stat().st_mtime_ns == mtime
+    for key in {*ended_in_search, *reruns_ended}:
+        # started once, by the driver that finished it (the others were resumed once)
+        assert df.filter(pl.col("tune_trial_id") == key)["attempts"].item() == 1
+    for study in optuna_studies(study_dir).values():
+        told = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+        assert len(told) == spec.search.samples

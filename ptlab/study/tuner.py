@@ -176,8 +176,13 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._reported_steps: dict[str, set[int]] = {}
 
+    def _told(self, trial_id: str) -> bool:
+        """Whether Optuna already holds the trial's end: told by a driver killed after its last searcher save."""
+        number = self._ot_trials[trial_id].number
+        return any(t.number == number and t.state.is_finished() for t in self._ot_study.get_trials(deepcopy=False))
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if result.get(FINAL) or self.metric not in result or trial_id not in self._ot_trials:
+        if result.get(FINAL) or self.metric not in result or trial_id not in self._ot_trials or self._told(trial_id):
             return
         step = int(result["epoch"])
         steps = self._reported_steps.setdefault(trial_id, set())
@@ -188,6 +193,9 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if self._told(trial_id):
+            self._completed_trials.add(trial_id)
             return
         value = (result or {}).get(self.metric)
         if error:
