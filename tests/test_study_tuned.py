@@ -14,15 +14,17 @@ from pathlib import Path
 import optuna
 import polars as pl
 import pytest
+import test_study_ray
 import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from test_study_ray import cluster  # noqa: F401  (the 2-CPU head node the study tests join)
 from typer.testing import CliRunner
 
 from ptlab import __version__
 from ptlab.cli import app
 from ptlab.study.spec import StudyError, load_study, study_warnings, validate_study
+
+cluster = test_study_ray.cluster  # the 2-CPU head node the study tests join
 
 TUNED = {
     "name": "tiny_tuned", "method": "coop", "backbone": "world:tiny-rn", "dataset": "world:shapes", "shots": 2,
