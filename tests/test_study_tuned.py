@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from ptlab import __version__
 from ptlab.cli import app
+from ptlab.config import TrialConfig
 from ptlab.study.spec import StudyError, load_study, study_warnings, validate_study
 
 cluster = test_study_ray.cluster  # the 2-CPU head node the study tests join
@@ -243,20 +244,60 @@ def check_tuned_grid(spec, study_dir: Path) -> pl.DataFrame:
     return df
 
 
+def train_run_names(dashboard_url: str) -> set[str]:
+    """Names of the Train runs the dashboard's REST API lists (Ray Train v2), read with the cluster's token."""
+    import urllib.request
+
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    request = urllib.request.Request(f"{dashboard_url}/api/train/v2/runs/v1", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return {run["name"] for run in json.loads(response.read())["train_runs"]}
+
+
 @pytest.mark.ray
 @pytest.mark.parametrize("runner", ["inline", "train"])
 def test_tiny_tuned_grid_end_to_end(cluster, runner, tmp_path):
+    import threading
+
     from ptlab.study.progress import study_status
-    from ptlab.study.tuner import run_study
+    from ptlab.study.tuner import RERUN_PHASE, SEARCH_PHASE, run_study, trial_plan
 
     spec = validate_study(tuned(name=f"tuned_{runner}", runner=runner))
-    assert run_study(spec, tmp_path, cluster)
+    seen: set[str] = set()
+    running = threading.Event()
+
+    def watch():  # the dashboard's Train view while the study runs
+        while not running.wait(2):
+            try:
+                seen.update(train_run_names(cluster.dashboard_url))
+            except OSError:  # not up yet, or answering slowly
+                pass
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    if runner == "train":
+        watcher.start()
+    try:
+        assert run_study(spec, tmp_path, cluster)
+    finally:
+        running.set()
     check_tuned_grid(spec, tmp_path)
     status = study_status(tmp_path)
     assert status["done"] == spec.n_planned() and status["cells_done"] == 2 and status["phase"] == "rerun"
     if runner == "train":
-        for key in pl.read_parquet(tmp_path / "results.parquet")["tune_trial_id"]:
-            assert (tmp_path / "trials" / key / "train").is_dir()
+        watcher.join(timeout=60)
+        df = pl.read_parquet(tmp_path / "results.parquet")
+        names = set()
+        for row in df.iter_rows(named=True):
+            cfg = TrialConfig.model_validate(json.loads(row["config_json"]))
+            name = trial_plan(spec, tmp_path, {"search": SEARCH_PHASE, "rerun": RERUN_PHASE}[row["phase"]]).run_name(
+                cfg, row["tune_trial_id"])
+            names.add(name)
+            # each trial ran as its own Train run, in a folder of the trial named like the run
+            assert (tmp_path / "trials" / row["tune_trial_id"] / name).is_dir()
+        assert "tuned_train/noise_rate=0.5/seed=2" in names and any("/sample=" in n for n in names)
+        # listed by name in the dashboard's Train view, some of them while the study ran
+        assert seen & names
+        assert names <= train_run_names(cluster.dashboard_url)
 
 
 @pytest.mark.ray
@@ -314,3 +355,15 @@ def test_resume_after_kill_9_in_each_phase_repeats_and_loses_nothing(tmp_path):
     for study in optuna_studies(study_dir).values():
         told = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
         assert len(told) == spec.search.samples
+
+
+def test_the_default_study_is_a_tuned_grid_on_ray_train_with_a_fixed_twin():
+    studies = Path(__file__).resolve().parent.parent / "studies"
+    tuned_spec, fixed = load_study(studies / "noise_grid.yaml"), load_study(studies / "noise_grid_fixed.yaml")
+    assert tuned_spec.kind.name == "tuned_grid" and tuned_spec.runner == "train" and tuned_spec.selection == "val"
+    assert "train.lr" in tuned_spec.search.space and tuned_spec.search.asha and len(tuned_spec.seeds) >= 3
+    assert set(tuned_spec.factors) == {"noise_type", "noise_rate", "loss"}
+    assert fixed.kind.name == "grid" and fixed.factors == tuned_spec.factors and fixed.seeds == tuned_spec.seeds
+    assert fixed.base.with_updates({"train.lr": tuned_spec.base.train.lr}) == fixed.base
+    # both validate on enough images to rank configurations
+    assert study_warnings(tuned_spec) == [] and fixed.base.data == tuned_spec.base.data

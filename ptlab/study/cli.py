@@ -110,7 +110,7 @@ def _drive(spec, study_dir: Path, address: str | None, cpus: int | None, resume:
     from ptlab.study.tuner import run_study
 
     try:
-        connection = connect(address, cpus)
+        connection = connect(address, cpus, study=spec.name)
     except (ConnectionError, RuntimeError, ValueError) as err:
         hint = ""
         if address and "RAY_AUTH_MODE" not in os.environ:

@@ -159,6 +159,25 @@ class Progress(tune.Callback):
         self.snapshot = self._snapshot(state)
         atomic_write(Path(self.plan.study_dir) / PROGRESS, json.dumps(self.snapshot).encode())
         self.last_write = time.time()
+        self._export(self.snapshot)
+
+    def _export(self, s: dict[str, Any]) -> None:
+        """The snapshot as Ray metrics, which a Prometheus scrape of the cluster carries."""
+        from ray.util.metrics import Gauge
+
+        if getattr(self, "gauges", None) is None:
+            self.gauges = (
+                Gauge("ptlab_study_trials", "Trials of a ptlab study by state (done, running, and each end status)",
+                      tag_keys=("study", "state")),
+                Gauge("ptlab_study_best", "Best value so far of a ptlab study's metric", tag_keys=("study", "metric")),
+            )
+        trials, best = self.gauges
+        study = s["name"]
+        states = {"done": s["done"], "running": len(s["running"]), "planned": s["planned"], "cells_done": s["cells_done"]}
+        for state, n in {**states, **s["counts"]}.items():
+            trials.set(n, tags={"study": study, "state": state})
+        if s["best"]:
+            best.set(s["best"]["value"], tags={"study": study, "metric": s["metric"]})
 
     def _refresh(self) -> None:
         self._write("running")

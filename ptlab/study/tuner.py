@@ -62,9 +62,10 @@ def trial_slots(spec: StudySpec, connection: RayConnection) -> int:
 
 def trial_plan(spec: StudySpec, study_dir: Path, phase: str = "") -> TrialPlan:
     r = spec.resources
+    searching = spec.kind.searches and phase != RERUN_PHASE
     return TrialPlan(str(study_dir.resolve()), spec.base.canonical(), spec.runner, r.cpu, r.gpu, r.workers,
-                     stream_epochs=spec.kind.searches and phase != RERUN_PHASE, phase=phase,
-                     cell_fields=tuple(spec.factors) if spec.kind.reruns else ())
+                     stream_epochs=searching, phase=phase, cell_fields=tuple(spec.factors), study=spec.name,
+                     sampled=searching)
 
 
 def _trial_dirname(trial) -> str:
