@@ -152,6 +152,10 @@ def test_set_overrides_change_the_study_as_if_written_there(study_file):
     assert spec.base.train.lr == 0.01 and spec.factors["noise_rate"] == [0, 0.25, 0.5]
     assert spec.search.samples == 6 and spec.search.space["train.lr"].bounds == (0.001, 0.1)
     assert spec.n_planned() == 3 * 6 + 3 * 3
+    # the study folder keeps the study as it ran: overrides included, and it validates to the same trials
+    stored = yaml.safe_load(spec.to_yaml())
+    assert stored["train"]["lr"] == 0.01 and stored["search"]["space"] == {"train.lr": {"log_uniform": [0.001, 0.1]}}
+    assert validate_study(stored).content_hash() == spec.content_hash()
 
 
 @pytest.mark.parametrize(("override", "message"), [
