@@ -248,6 +248,14 @@ def check_tuned_grid(spec, study_dir: Path) -> pl.DataFrame:
     return df
 
 
+def dashboard_of(connection) -> str:
+    """The joined cluster's dashboard, as its head node published it."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    url = connection.dashboard_url or _internal_kv_get(b"webui:url", namespace=b"dashboard").decode()
+    return url if url.startswith("http") else f"http://{url}"
+
+
 def train_run_names(dashboard_url: str) -> set[str]:
     """Names of the Train runs the dashboard's REST API lists (Ray Train v2), read with the cluster's token."""
     import urllib.request
@@ -263,17 +271,18 @@ def train_run_names(dashboard_url: str) -> set[str]:
 def test_tiny_tuned_grid_end_to_end(cluster, runner, tmp_path):
     import threading
 
-    from ptlab.study.progress import study_status
+    from ptlab.study.status import study_status
     from ptlab.study.tuner import RERUN_PHASE, SEARCH_PHASE, run_study, trial_plan
 
     spec = validate_study(tuned(name=f"tuned_{runner}", runner=runner))
+    dashboard = dashboard_of(cluster)
     seen: set[str] = set()
     running = threading.Event()
 
     def watch():  # the dashboard's Train view while the study runs
         while not running.wait(2):
             try:
-                seen.update(train_run_names(cluster.dashboard_url))
+                seen.update(train_run_names(dashboard))
             except OSError:  # not up yet, or answering slowly
                 pass
 
@@ -301,7 +310,7 @@ def test_tiny_tuned_grid_end_to_end(cluster, runner, tmp_path):
         assert "tuned_train/noise_rate=0.5/seed=2" in names and any("/sample=" in n for n in names)
         # listed by name in the dashboard's Train view, some of them while the study ran
         assert seen & names
-        assert names <= train_run_names(cluster.dashboard_url)
+        assert names <= train_run_names(dashboard)
 
 
 @pytest.mark.ray
