@@ -213,19 +213,27 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
 
+    # The journal of the study folder being resumed, set by restore_tuner before Tune restores
+    # the searcher's state (None: resume in place, in the folder the state names).
+    journal: Path | None = None
+
     def restore(self, checkpoint_path: str) -> None:
-        """Also point the searcher at this folder's journal and fail the trials a killed driver left running."""
+        """Also point the searcher at the resumed folder's journal and fail the trials a killed driver left running."""
+        journal = self.journal
         super().restore(checkpoint_path)
-        self.use_journal(Path(checkpoint_path).resolve().parent.parent / OPTUNA_JOURNAL)
+        self.journal = journal
+        if journal is not None:
+            self.use_journal(journal)
         self.fail_orphans()
 
     def use_journal(self, journal: Path) -> None:
         """The pickled state names the journal by the path it had when saved; a copied or
-        moved study must write to its own journal, the one beside its checkpoint."""
+        moved study must write to its own journal, the one in its own folder. (Not the one
+        beside the checkpoint: Tune restores a searcher from a staging copy under /tmp/ray.)"""
         from optuna.storages.journal import JournalFileBackend
 
         backend = getattr(self._ot_study._storage, "_backend", None)
-        if isinstance(backend, JournalFileBackend) and Path(backend._file_path) != journal:
+        if isinstance(backend, JournalFileBackend) and Path(backend._file_path).resolve() != journal.resolve():
             backend.__init__(str(journal))  # the one backend every pickled reference shares: path and file lock
 
     def fail_orphans(self) -> None:
@@ -317,11 +325,16 @@ class CellSearches(Searcher):
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.__dict__.copy(), f)
 
+    journal: Path | None = None  # as PrunedAwareOptunaSearch.journal
+
     def restore(self, checkpoint_path: str) -> None:
+        journal = self.journal
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self.journal = journal
         for search in self.searches.values():
-            search.use_journal(Path(checkpoint_path).resolve().parent.parent / OPTUNA_JOURNAL)
+            if journal is not None:
+                search.use_journal(journal)
             search.fail_orphans()
 
 
@@ -462,6 +475,9 @@ def restore_tuner(spec: StudySpec, study_dir: Path, phase: str = ""):
     # (Through Ray Client the tuner lives on the cluster, out of reach: resume there in place.)
     if tuner._local_tuner is not None:
         tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, plan, phase)
+        searcher = tuner._local_tuner._tune_config.search_alg
+        if searcher is not None:
+            searcher.journal = study_dir.resolve() / OPTUNA_JOURNAL
     return tuner
 
 
