@@ -213,8 +213,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
 
-    # The journal of the study folder being resumed, set by restore_tuner before Tune restores
-    # the searcher's state (None: resume in place, in the folder the state names).
+    # The journal of the study folder the searcher works for: the one it was built for, or the
+    # folder being resumed, which restore_tuner sets before Tune restores the searcher's state.
     journal: Path | None = None
 
     def restore(self, checkpoint_path: str) -> None:
@@ -252,11 +252,12 @@ def _optuna_search(spec: StudySpec, study_dir: Path, study_name: str, seed: int)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = spec.search
-    storage = JournalStorage(JournalFileBackend(str(study_dir.resolve() / OPTUNA_JOURNAL)))
+    journal = study_dir.resolve() / OPTUNA_JOURNAL
+    storage = JournalStorage(JournalFileBackend(str(journal)))
     # TPE's default of 10 random start-up samples would leave a per-cell budget below
     # 10 random search; half the budget (at least 2) explores, the rest is TPE's.
     startup = min(10, max(2, search.samples // 2))
-    return PrunedAwareOptunaSearch(
+    searcher = PrunedAwareOptunaSearch(
         optuna_space(search.space),
         metric=search.metric,
         mode=search.mode,
@@ -264,6 +265,8 @@ def _optuna_search(spec: StudySpec, study_dir: Path, study_name: str, seed: int)
         study_name=study_name,
         storage=storage,
     )
+    searcher.journal = journal
+    return searcher
 
 
 def cell_seed(base_seed: int, label: str) -> int:
@@ -295,6 +298,7 @@ class CellSearches(Searcher):
         self.searches = {label: _optuna_search(spec, study_dir, search_study_name(spec, label), cell_seed(base_seed, label))
                          for label in self.cells}
         self.budget, self.seed = spec.search.samples, spec.seeds[0]
+        self.journal = study_dir.resolve() / OPTUNA_JOURNAL
         self.asked = dict.fromkeys(self.cells, 0)
         self.cell_of: dict[str, str] = {}
 
