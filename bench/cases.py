@@ -262,7 +262,7 @@ def trial_overhead() -> list[dict]:
 
 
 def default_study_overhead() -> dict:
-    """Share of the default study's slot time (studies/noise_grid.yaml, run in full) that no recipe used."""
+    """Share of the fixed-lr grid's slot time (studies/noise_grid.yaml, run in full) that no recipe used."""
     from ptlab.study.spec import load_study
     from ptlab.study.tuner import trial_slots
 
@@ -491,6 +491,46 @@ def thread_sizing() -> dict:
     }
 
 
+def tuned_study_wall() -> dict:
+    """Wall time of the tuned noise grid (studies/noise_grid_tuned.yaml, on Ray Train) from a cold cache.
+
+    Outside recipes: 1 - recipe slot-seconds / (slots x wall). A pruned trial
+    writes no record, so its recipe time is its epochs at the mean per-epoch
+    recipe time of the study's finished trials.
+    """
+    import polars as pl
+
+    from ptlab.study.spec import load_study
+    from ptlab.study.store import ResultStore
+    from ptlab.study.tuner import run_study, trial_slots
+
+    spec = load_study(Path(__file__).resolve().parents[1] / "studies" / "noise_grid_tuned.yaml")
+    limit = 12 * 60
+    with tempfile.TemporaryDirectory() as tmp, _ray_cluster() as connection:
+        slots = trial_slots(spec, connection)
+        start = time.time()
+        with contextlib.redirect_stdout(io.StringIO()):
+            finished = run_study(spec, Path(tmp), connection)
+        wall = time.time() - start
+        df = ResultStore(tmp).results()
+    if not finished or df.height != spec.n_planned():
+        raise RuntimeError(f"{spec.name}: {df.height} of {spec.n_planned()} trials ended")
+    ended = df.filter(pl.col("recipe_s").is_not_null())
+    per_epoch = (ended["recipe_s"] / ended["epochs_done"]).mean()
+    pruned = df.filter(pl.col("recipe_s").is_null())
+    recipe = ended["recipe_s"].sum() + per_epoch * pruned["epochs_done"].sum()
+    outside = 1 - recipe / (slots * wall)
+    counts = {f"{phase}/{status}": n for phase, status, n in df.group_by("phase", "status").len().iter_rows()}
+    return {
+        "value": round(wall, 1), "unit": "s", "target": f"<= {limit} s", "met": wall <= limit,
+        "study": spec.name, "runner": spec.runner, "trials": df.height, "slots": slots, "counts": counts,
+        "outside_recipes_pct": round(100 * outside, 1), "recipe_slot_s": round(recipe, 1),
+        "mean_trial_wall_s": round(df["wall_s"].mean(), 2),
+        "note": f"{spec.name} ({spec.runner}): {df.height} trials on {slots} slots in {wall:.0f} s, "
+                f"{100 * outside:.0f}% of slot time outside recipes",
+    }
+
+
 CASES = {
     "coop_epoch_speedup": coop_epoch_speedup,
     "eot_truncation_speedup": eot_truncation_speedup,
@@ -502,4 +542,5 @@ CASES = {
     "study_status": study_status,
     "worker_memory": worker_memory,
     "thread_sizing": thread_sizing,
+    "tuned_study_wall": tuned_study_wall,
 }

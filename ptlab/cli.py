@@ -27,6 +27,20 @@ app.add_typer(study_app, name="study")
 app.command("report")(report_command)
 
 
+def _version(show: bool) -> None:
+    if show:
+        from ptlab import __version__
+
+        typer.echo(f"ptlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print ptlab's version and exit.")):
+    """Robustness and hyperparameter studies of prompt tuning on CLIP models."""
+
+
 def _fail(message: str) -> None:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(2)

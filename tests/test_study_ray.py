@@ -208,7 +208,7 @@ def test_grid_on_ray_train_jobs(cluster, random_tiny_clip, tmp_path):
     assert df["epochs_done"].to_list() == [2, 2]
     # each trial ran as its own Train run inside the trial folder
     for key in df["tune_trial_id"]:
-        assert (tmp_path / "trials" / key / "train").is_dir()
+        assert (tmp_path / "trials" / key / "grid_train").is_dir()
     overhead = (df["wall_s"] - df["recipe_s"]).to_list()
     print(f"train runner overhead per trial (s): {overhead}")
     assert cpus_free(cluster.cpus)

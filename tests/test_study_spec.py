@@ -245,7 +245,7 @@ def test_missing_file():
 def test_grid_plan():
     spec = validate_study(yaml.safe_load(GOOD))
     trials = spec.trials()
-    assert spec.kind == "grid" and spec.n_planned() == len(trials) == 8 and spec.n_cells() == 4
+    assert spec.kind.name == "grid" and spec.n_planned() == len(trials) == 8 and spec.n_cells() == 4
     assert len({t.trial_id for t in trials}) == 8
     by_cell: dict[str, set[int]] = {}
     for t in trials:

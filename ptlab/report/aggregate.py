@@ -17,6 +17,7 @@ measurements with a sampling error: they get a mean and no interval.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -31,7 +32,7 @@ from pydantic import BaseModel
 
 from ptlab.config import TrialConfig
 from ptlab.study.reference import reference_store
-from ptlab.study.store import ENSEMBLE_SIZE, ResultStore, is_ensemble
+from ptlab.study.store import ENSEMBLE_SIZE, PHASE, ResultStore, is_ensemble
 
 COMPLETED = "completed"
 PRUNED = "pruned"
@@ -101,6 +102,8 @@ class StudyResults:
     curves: pl.DataFrame
     keys: list[str]  # config columns (and ensemble_size) that tell cells apart, spec factors first
     metrics: list[str]  # numeric outcome columns holding at least one value
+    # A tuned grid's search trials: they chose each cell's configuration; `trials` are its re-runs.
+    search: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
 
     @property
     def name(self) -> str:
@@ -121,7 +124,7 @@ class StudyResults:
     @property
     def partial(self) -> bool:
         # Without a plan we cannot prove completeness, so we do not claim it.
-        return self.planned is None or self.trials.height < self.planned
+        return self.planned is None or self.trials.height + self.search.height < self.planned
 
     def status_counts(self) -> dict[str, int]:
         if self.trials.is_empty():
@@ -148,6 +151,11 @@ def load_study(folder: str | Path) -> StudyResults:
         raise ValueError(f"{spec_path}: a study spec is a mapping")
     store = ResultStore(folder)  # rebuilds a missing or damaged Parquet file from the trial folders
     rows = store.rows()
+    # A tuned grid re-runs the selected search trial's config: the same trial_id in each phase.
+    search = rows.filter(pl.col(PHASE) == "search") if PHASE in rows.columns else pl.DataFrame()
+    if not search.is_empty():
+        rows = rows.filter(pl.col(PHASE).fill_null("") != "search")  # ensemble rows have no phase
+        search = spread_method_options(search.unique(subset="trial_id", keep="last", maintain_order=True))
     if not rows.is_empty():
         # A retried trial is appended again; its latest row is the one that counts.
         rows = spread_method_options(rows.unique(subset="trial_id", keep="last", maintain_order=True))
@@ -155,7 +163,10 @@ def load_study(folder: str | Path) -> StudyResults:
     references = reference_store(folder).rows()
     curves = store.curves()
     factors = list((spec.get("factors") or {}).keys())
+    # a tuned grid's cells are its factors; the searched fields are what each cell selected
+    searched = set((spec.get("search") or {}).get("space") or {}) if PHASE in rows.columns else set()
     return StudyResults(
+        search=search,
         folder=folder,
         spec=spec,
         spec_text=spec_text,
@@ -163,7 +174,7 @@ def load_study(folder: str | Path) -> StudyResults:
         ensembles=rows.filter(ensemble),
         references=references,
         curves=curves,
-        keys=cell_keys(rows, factors),
+        keys=[k for k in cell_keys(rows, factors) if k not in searched],
         metrics=metric_columns(rows),
     )
 

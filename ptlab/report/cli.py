@@ -20,6 +20,9 @@ def report(
         None, "--dashboard", help="Dashboard YAML to use instead of the study's own."
     ),
     open_: bool = typer.Option(False, "--open", help="Open the report in the default browser."),
+    fixed: Path | None = typer.Option(
+        None, "--fixed", help="A tuned grid's fixed-hyperparameter twin (its study folder), shown beside it."
+    ),
 ) -> None:
     """Write STUDY_DIR/report/index.html (self-contained, opens offline) and its CSV/Markdown tables."""
     # imported here: every `ptlab` command mounts this one, and the report's imports cost most of a second
@@ -27,7 +30,7 @@ def report(
     from ptlab.report.html import build_report
 
     try:
-        page = build_report(study_dir, dashboard)
+        page = build_report(study_dir, dashboard, fixed)
     except (DashboardError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err

@@ -35,6 +35,7 @@ from ptlab.report.aggregate import (
 )
 from ptlab.report.dashboard import Dashboard, choose_dashboard, load_dashboard
 from ptlab.report.figures import Rendered, render
+from ptlab.report.tuned import tuned_section
 from ptlab.study.store import ENSEMBLE_SIZE
 
 PROVENANCE = ("ptlab_version", "git_commit", "torch_version", "open_clip_version", "ray_version")
@@ -64,10 +65,11 @@ dl { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; } dt
 """
 
 
-def build_report(study_dir: str | Path, dashboard: str | Path | None = None) -> Path:
+def build_report(study_dir: str | Path, dashboard: str | Path | None = None, fixed: str | Path | None = None) -> Path:
     """Aggregate a study folder and write report/index.html plus its tables; returns the HTML path.
 
-    ``dashboard`` overrides the one the study names (its ``report`` field).
+    ``dashboard`` overrides the one the study names (its ``report`` field);
+    ``fixed`` is a tuned grid's fixed-hyperparameter twin, shown beside it.
     """
     study = load_study(study_dir)
     board_path = choose_dashboard(study.spec, study.folder / "study.yaml", dashboard)
@@ -79,7 +81,7 @@ def build_report(study_dir: str | Path, dashboard: str | Path | None = None) -> 
     tables = export_tables(study, cells, robustness, out, primary)
     figures = [render(spec, study, cells) for spec in board.figures]
     page = out / "index.html"
-    page.write_text(_page(study, board, board_path, cells, robustness, figures, tables))
+    page.write_text(_page(study, board, board_path, cells, robustness, figures, tables, tuned_section(study, fixed)))
     return page
 
 
@@ -260,6 +262,7 @@ def _page(
     robustness: pl.DataFrame,
     figures: list[Rendered],
     tables: list[Path],
+    tuned: str = "",
 ) -> str:
     state = "partial" if study.partial else "complete"
     excluded = excluded_trials(study.trials, study.keys)
@@ -281,6 +284,7 @@ def _page(
         "pruned trials appear only in the learning curves and search figures. Best per column in bold.</p>",
         _ensembles_note(study),
         _summary(study, primary, ordered, limit_note),
+        tuned,
     ]
     if len(drawn) > 1:
         sections += ['<h2 id="figures">More figures</h2>', *(_figure(i, f) for i, f in drawn[1:])]

@@ -22,26 +22,38 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(path: Path):
-    from ptlab.study.spec import StudyError, load_study
+SET_HELP = ("Override a study field, FIELD=VALUE with a YAML value (repeatable): --set train.lr=0.01 "
+            "--set factors.noise_rate='[0, 0.5]'. Field paths are the study file's; the study folder keeps the result.")
+
+
+def _load(path: Path, overrides: list[str] | None = None):
+    from ptlab.study.spec import StudyError, load_study, study_warnings
 
     try:
-        return load_study(path)
+        spec = load_study(path, overrides or [])
     except StudyError as err:
         _fail(str(err))
+    for warning in study_warnings(spec):
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    return spec
 
 
 def _describe(spec) -> None:
-    trials = spec.trials() if not spec.search else []
-    typer.echo(f"study {spec.name}: {spec.kind}, method {spec.method}, runner {spec.runner}, "
+    kind = spec.kind
+    typer.echo(f"study {spec.name}: {kind}, method {spec.method}, runner {spec.runner}, "
                f"resources {spec.resources.model_dump()}")
-    if spec.search:
+    if kind.searches:
         s = spec.search
         asha = f"ASHA {s.asha.model_dump()}" if s.asha else "no early stopping"
-        typer.echo(f"  search: {s.samples} samples of {', '.join(s.space)}; {s.mode} {s.metric}; {asha}")
-    else:
+        per = " per cell" if kind.reruns else ""
+        typer.echo(f"  search{per}: {s.samples} samples of {', '.join(s.space)}; {s.mode} {s.metric}; {asha}")
+    if kind.reruns:
+        rule = ("ORACLE selection by " + spec.selection_metric + " (test data: an upper bound, not a fair result)"
+                if spec.selection == "oracle" else f"selection by {spec.selection_metric} on validation")
+        typer.echo(f"  then {rule}; the selected configuration of each cell re-run for seeds {spec.seeds}")
+    if kind.has_cells:
         typer.echo(f"  {spec.n_cells()} cells x {len(spec.seeds)} seeds ({spec.seeds})")
-        shown = trials[:: len(spec.seeds)]
+        shown = spec.trials()[:: len(spec.seeds)]
         for trial in shown[:20]:
             cell = ", ".join(f"{k}={v}" for k, v in trial.cell.items()) or "(the base config)"
             typer.echo(f"    cell {trial.cell_id}: {cell}")
@@ -53,9 +65,12 @@ def _describe(spec) -> None:
 
 
 @app.command()
-def validate(study: Path = typer.Argument(..., help="Study YAML file.")):
+def validate(
+    study: Path = typer.Argument(..., help="Study YAML file."),
+    overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
+):
     """Check a study without running anything; print its cells and trial count."""
-    spec = _load(study)
+    spec = _load(study, overrides)
     _describe(spec)
     typer.secho(f"{study}: valid", fg=typer.colors.GREEN)
 
@@ -95,7 +110,7 @@ def _drive(spec, study_dir: Path, address: str | None, cpus: int | None, resume:
     from ptlab.study.tuner import run_study
 
     try:
-        connection = connect(address, cpus)
+        connection = connect(address, cpus, study=spec.name)
     except (ConnectionError, RuntimeError, ValueError) as err:
         hint = ""
         if address and "RAY_AUTH_MODE" not in os.environ:
@@ -145,9 +160,10 @@ def run(
     out: Path = typer.Option(None, help="Study folder (default runs/<study name>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show the plan; run nothing."),
     cpus: int = typer.Option(None, help=CPUS_HELP),
+    overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ):
     """Validate, run every trial on Ray, store results and write the report."""
-    spec = _load(study)
+    spec = _load(study, overrides)
     _describe(spec)
     if dry_run:
         return

@@ -26,6 +26,8 @@ RAY_ENV = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
     # Tune's own console output; the study prints its own progress view.
     "RAY_AIR_NEW_OUTPUT": "0",
+    # Train runs are listed in the dashboard's Train view (and its REST API) only with this.
+    "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
 }
 FORWARDED_ENV_PREFIXES = ("PTLAB_", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
 # Set in the driver before it starts a local cluster: every process of that cluster (GCS,
@@ -44,14 +46,18 @@ class RayConnection:
     session_dir: str | None = None  # local clusters: Ray's session folder (/tmp/ray/session_...)
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> RayConnection:
+def connect(address: str | None = None, num_cpus: int | None = None, study: str | None = None) -> RayConnection:
     """Join `address` or start a local cluster whose dashboard listens on 127.0.0.1 only.
+
+    The driver's job carries the study's name in its metadata (`ptlab_study`),
+    which the dashboard's Jobs view shows.
 
     The dashboard stays on: without it Ray Train leaks the placement groups of
     trials Tune stops (ray-project/ray#54305) and a study deadlocks. Token
     authentication stays on as Ray sets it up.
     """
     import ray
+    from ray.job_config import JobConfig
 
     os.environ.update(RAY_ENV)
     if not address:
@@ -61,14 +67,16 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RayConne
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) or k in RAY_ENV
            or k == "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"}
     runtime_env = {"env_vars": env, "worker_process_setup_hook": "ptlab.study.cluster.pin_ray_address"}
+    job_config = JobConfig(metadata={"ptlab_study": study} if study else {})
     if address:
         context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False,
-                           logging_level=logging.WARNING)
+                           logging_level=logging.WARNING, job_config=job_config)
     else:
         # address="local": never attach to whatever cluster /tmp/ray/ray_current_cluster names,
         # which outlives a crashed `ray start` and would make ray.init wait on a dead GCS.
         context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                           runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING)
+                           runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING,
+                           job_config=job_config)
     resources = ray.cluster_resources()
     url = context.dashboard_url
     return RayConnection(

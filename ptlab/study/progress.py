@@ -21,7 +21,8 @@ from typing import Any
 from ray import tune
 
 from ptlab.methods.base import STATUS_COMPLETED
-from ptlab.study.status import PROGRESS, clock, read_json, render_status
+from ptlab.study.spec import StudyKind
+from ptlab.study.status import PROGRESS, cells_done, clock, read_json, render_status
 from ptlab.study.store import ResultStore
 from ptlab.study.trial import FINAL, TrialPlan, atomic_write
 
@@ -50,8 +51,10 @@ class Progress(tune.Callback):
         study_dir = Path(self.plan.study_dir)
         self.driver = read_json(study_dir / DRIVER)
         before = read_json(study_dir / PROGRESS)
-        self.elapsed_before = float(before.get("elapsed_s", 0)) if before.get("run_started") != self.driver.get("started_at") else 0.0
-        self.started = time.time()
+        # Earlier drivers' time counts; so does this driver's earlier phase (a tuned grid's searches).
+        same_run = before.get("run_started") == self.driver.get("started_at")
+        self.elapsed_before = float(before.get("elapsed_before_run" if same_run else "elapsed_s", 0) or 0)
+        self.started = float(self.driver.get("started_at") or time.time())
         self.running: dict[str, float] = {}
         self.durations: list[float] = []
         self.counts = self._stored_counts()
@@ -86,7 +89,9 @@ class Progress(tune.Callback):
     def on_experiment_end(self, trials, **info) -> None:
         ended = all(t.status in ("TERMINATED", "ERROR") for t in trials)
         finished = ended and sum(self.counts.values()) >= self.summary["planned"]
-        self._write("finished" if finished else "interrupted")
+        # a tuned grid's searches ending is the start of its re-runs
+        between_phases = ended and self.summary.get("phase") == "search"
+        self._write("finished" if finished else "running" if between_phases else "interrupted")
         if self.live is not None:
             self.live.update(self._table(), refresh=True)
         self._stop_live()
@@ -132,10 +137,13 @@ class Progress(tune.Callback):
             "counts": self.counts,
             "cells_done": self._cells_done(),
             "cells": self.summary["cells"],
+            "phase": self.summary.get("phase", ""),
+            "selection": self.summary.get("selection"),
             "running": sorted(self.running),
             "best": self.best,
             "metric": self.summary["metric"],
             "elapsed_s": round(elapsed, 1),
+            "elapsed_before_run": self.elapsed_before,
             "eta_s": None if eta is None else round(eta, 1),
             "heartbeat": time.time(),
             "run_started": self.driver.get("started_at"),
@@ -145,18 +153,31 @@ class Progress(tune.Callback):
         }
 
     def _cells_done(self) -> int:
-        if self.summary["kind"] == "search":
-            return sum(self.counts.values())
-        df = ResultStore(self.plan.study_dir).results()
-        if not df.height:
-            return 0
-        per_cell = df.group_by("cell_id").len()
-        return int((per_cell["len"] >= self.summary["seeds"]).sum())
+        return cells_done(ResultStore(self.plan.study_dir).results(), StudyKind(self.summary["kind"]), self.summary["seeds"])
 
     def _write(self, state: str) -> None:
         self.snapshot = self._snapshot(state)
         atomic_write(Path(self.plan.study_dir) / PROGRESS, json.dumps(self.snapshot).encode())
         self.last_write = time.time()
+        self._export(self.snapshot)
+
+    def _export(self, s: dict[str, Any]) -> None:
+        """The snapshot as Ray metrics, which a Prometheus scrape of the cluster carries."""
+        from ray.util.metrics import Gauge
+
+        if getattr(self, "gauges", None) is None:
+            self.gauges = (
+                Gauge("ptlab_study_trials", "Trials of a ptlab study by state (done, running, and each end status)",
+                      tag_keys=("study", "state")),
+                Gauge("ptlab_study_best", "Best value so far of a ptlab study's metric", tag_keys=("study", "metric")),
+            )
+        trials, best = self.gauges
+        study = s["name"]
+        states = {"done": s["done"], "running": len(s["running"]), "planned": s["planned"], "cells_done": s["cells_done"]}
+        for state, n in {**states, **s["counts"]}.items():
+            trials.set(n, tags={"study": study, "state": state})
+        if s["best"]:
+            best.set(s["best"]["value"], tags={"study": study, "metric": s["metric"]})
 
     def _refresh(self) -> None:
         self._write("running")

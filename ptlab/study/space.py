@@ -125,6 +125,23 @@ def cell_id(cfg: TrialConfig) -> str:
     return cfg.with_updates({"seed": 0}).trial_id
 
 
+def field_value(cfg: TrialConfig, path: str) -> Any:
+    node: Any = cfg.canonical()
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def cell_of(cfg: TrialConfig, fields: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The factor values of a trial's cell."""
+    return {path: field_value(cfg, path) for path in fields}
+
+
+def cell_label(cell: dict[str, Any]) -> str:
+    """A cell as people read it, and as its search's Optuna study and Train runs are named: noise_rate=0.25,loss=gce."""
+    return ",".join(f"{path.rsplit('.', 1)[-1]}={value}" for path, value in cell.items()) or "base"
+
+
 @dataclass(frozen=True)
 class PlannedTrial:
     config: TrialConfig

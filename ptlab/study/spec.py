@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +31,7 @@ from ptlab.study.space import (
 )
 
 STUDY_KEYS = (
-    "name", "description", "method", "factors", "seeds", "ensemble", "search", "resources", "runner",
+    "name", "description", "method", "factors", "seeds", "ensemble", "search", "selection", "resources", "runner",
     "retries", "max_concurrent", "report", "planned_trials", "spec_hash",
 )
 TRIAL_KEYS = tuple(k for k in TrialConfig.model_fields if k not in ("method", "seed"))
@@ -38,6 +39,41 @@ TRIAL_KEYS = tuple(k for k in TrialConfig.model_fields if k not in ("method", "s
 # ensembles are left out: computed from the stored trials, they may be changed in a stored
 # study and are computed afresh when it resumes.
 HASHED_KEYS = ("method", "base", "factors", "seeds", "search")
+# Fewer validation images than this rank accuracies in steps of over half a point:
+# ASHA and the selection then judge configurations on ties.
+MIN_VALIDATION_IMAGES = 200
+# In a tuned grid's folder: each cell's selected configuration, written once between its two phases.
+SELECTION_FILE = "selection.json"
+
+
+@dataclass(frozen=True)
+class StudyKind:
+    """What a study does, asked by the tuner, the trial, the progress view, the CLI and the validator.
+
+    grid: every cell x seed at fixed hyperparameters. search: one cell, Optuna
+    samples of `search.space`, one seed. tuned_grid: for every cell a search
+    (phase "search"), then the cell's selected configuration re-run for every
+    seed (phase "rerun"); only the re-runs are the cell's result.
+    """
+
+    name: Literal["grid", "search", "tuned_grid"]
+
+    @property
+    def searches(self) -> bool:
+        """Trials are Optuna samples, stream their epochs and may be stopped by ASHA."""
+        return self.name != "grid"
+
+    @property
+    def has_cells(self) -> bool:
+        """Trials fall into factor cells, each run for every seed."""
+        return self.name != "search"
+
+    @property
+    def reruns(self) -> bool:
+        return self.name == "tuned_grid"
+
+    def __str__(self) -> str:
+        return self.name.replace("_", " ")
 
 
 class Frozen(BaseModel):
@@ -86,6 +122,9 @@ class StudySpec(Frozen):
     # cell's lowest seeds (ptlab.methods.ensemble); one size may be written without a list.
     ensemble: dict[str, list[PositiveInt]] = {}
     search: Search | None = None
+    # How a tuned grid picks each cell's configuration: by search.metric on validation,
+    # or (oracle, labelled so wherever shown) by the matching test metric.
+    selection: Literal["val", "oracle"] = "val"
     resources: Resources = Resources()
     runner: Literal["train", "inline"] = "train"
     retries: int = Field(1, ge=0)
@@ -102,21 +141,40 @@ class StudySpec(Frozen):
         return {m: [n] if isinstance(n, int) and not isinstance(n, bool) else n for m, n in ensemble.items()}
 
     @property
-    def kind(self) -> Literal["grid", "search"]:
-        return "search" if self.search else "grid"
+    def kind(self) -> StudyKind:
+        if self.search is None:
+            return StudyKind("grid")
+        return StudyKind("tuned_grid" if self.factors else "search")
 
     def trials(self) -> list[PlannedTrial]:
-        """The grid's trials; a search study's come from its sampler as it runs."""
+        """The grid's trials (a tuned grid's re-runs at its base config); searches' come from their samplers."""
         return expand_grid(self.base, self.factors, self.seeds)
 
+    def cells(self) -> list[dict[str, Any]]:
+        from ptlab.study.space import grid_cells
+
+        return grid_cells(self.factors)
+
     def n_planned(self) -> int:
-        return self.search.samples if self.search else len(self.trials())
+        kind = self.kind
+        if kind.name == "grid":
+            return len(self.trials())
+        if kind.name == "search":
+            return self.search.samples
+        return len(self.cells()) * (self.search.samples + len(self.seeds))
 
     def n_cells(self) -> int:
-        return len(self.trials()) // len(self.seeds) if not self.search else self.search.samples
+        return self.search.samples if self.kind.name == "search" else len(self.cells())
+
+    @property
+    def selection_metric(self) -> str:
+        """The column a tuned grid's selection ranks by: the search metric, or its test twin for oracle."""
+        metric = self.search.metric
+        return metric if self.selection == "val" else "test_" + metric.removeprefix("val_")
 
     def content_hash(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json", include=set(HASHED_KEYS)), sort_keys=True)
+        keys = set(HASHED_KEYS) | ({"selection"} if self.kind.reruns else set())
+        blob = json.dumps(self.model_dump(mode="json", include=keys), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def as_run(self) -> dict[str, Any]:
@@ -135,6 +193,8 @@ class StudySpec(Frozen):
             search = self.search.model_dump(mode="json", exclude={"space"})
             search["space"] = {k: d.to_yaml() for k, d in self.search.space.items()}
             out["search"] = search
+        if self.kind.reruns:
+            out["selection"] = self.selection
         out["resources"] = self.resources.model_dump(mode="json")
         out.update(runner=self.runner, retries=self.retries)
         if self.max_concurrent:
@@ -184,8 +244,8 @@ def _field_name(path: Path_) -> str:
 
 
 class _Issues:
-    def __init__(self, source: str, lines: dict[Path_, int]):
-        self.source, self.lines, self.items = source, lines, []
+    def __init__(self, source: str, lines: dict[Path_, int], origins: dict[Path_, str]):
+        self.source, self.lines, self.origins, self.items = source, lines, origins, []
         # resolved path -> path as written, for renamed factor and search keys
         self.written: dict[Path_, Path_] = {}
 
@@ -197,8 +257,11 @@ class _Issues:
 
     def add(self, path: Path_, message: str) -> None:
         path = self._as_written(tuple(path))
+        origin = next((self.origins[path[:n]] for n in range(len(path), 0, -1) if path[:n] in self.origins), None)
         line = next((self.lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in self.lines), 0)
         where = f"{self.source}:{line}" if line else self.source
+        if origin:
+            where, line = f"{self.source} ({origin})", 0
         self.items.append((line, f"{where}: field {_field_name(path)}: {message}"))
 
     def add_pydantic(self, err: ValidationError) -> None:
@@ -418,12 +481,16 @@ def _check_search(spec: StudySpec, issues: _Issues) -> None:
         produced = METHOD_METRICS.get(method, ())
         if method in METHOD_METRICS and search.metric not in produced:
             issues.add(("search", "metric"), f"{search.metric!r} is not produced by method {method}; allowed: {', '.join(produced)}")
-    multi = [p for p, v in spec.factors.items() if len(v) > 1]
-    if multi:
-        issues.add(("factors",), f"a search study tunes one cell, but {', '.join(multi)} list several values; "
-                                 "search them (a choice in search.space) or run one study per value")
-    if len(spec.seeds) > 1:
-        issues.add(("seeds",), "a search study runs one seed (each sample is one trial); list a single seed")
+        elif method in METHOD_METRICS and spec.kind.reruns and spec.selection_metric not in produced:
+            issues.add(("selection",), f"oracle selection ranks by {spec.selection_metric!r}, which method {method} "
+                                       f"does not produce; use selection: val or a search.metric with a test twin")
+    if spec.kind.reruns:
+        if search.metric.startswith("test_"):
+            issues.add(("search", "metric"), f"{search.metric!r} is a test metric: a tuned grid selects on validation "
+                                             "(e.g. val_acc); to select on test say so with `selection: oracle`")
+    elif len(spec.seeds) > 1:
+        issues.add(("seeds",), "a search study runs one seed (each sample is one trial); list a single seed, "
+                               "or add `factors` to make it a tuned grid whose selected configurations run every seed")
     if search.asha:
         epochs = spec.base.train.epochs
         if search.asha.grace_period >= epochs:
@@ -434,9 +501,9 @@ def _check_search(spec: StudySpec, issues: _Issues) -> None:
 def _check_ensemble(spec: StudySpec, issues: _Issues) -> None:
     from ptlab.methods.ensemble import ENSEMBLE_METHODS
 
-    if spec.search:
-        issues.add(("ensemble",), "a search study runs one seed per sample and has no seeds to ensemble; "
-                                  "remove `ensemble` or run the cell as a grid study with several seeds")
+    if spec.kind.searches:
+        issues.add(("ensemble",), f"a {spec.kind} study has no fixed-config seeds to ensemble; remove `ensemble` "
+                                  "or ensemble the selected configurations in a grid study")
         return
     methods = spec.factors.get("method", [spec.method])
     for method, sizes in spec.ensemble.items():
@@ -467,14 +534,15 @@ def _check_report(spec: StudySpec, source: Path | None, issues: _Issues) -> str 
 
 
 def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_, int] | None = None,
-                   check_data: bool = True) -> StudySpec:
+                   origins: dict[Path_, str] | None = None, check_data: bool = True) -> StudySpec:
     """A checked StudySpec from parsed YAML, or a StudyError listing every problem.
 
+    `origins` names where a field came from when not from the file (a `--set`).
     check_data=False leaves out what needs the data on disk (guards.check_dataset_files), for
     judging a study file on a machine without its datasets.
     """
     path = Path(source) if source != "<study>" else None
-    issues = _Issues(str(source), lines or {})
+    issues = _Issues(str(source), lines or {}, origins or {})
     if not isinstance(data, dict):
         issues.add((), "a study is a mapping of fields (name, method, factors, seeds, ...)")
         issues.raise_if_any()
@@ -499,10 +567,13 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
 
     if len(set(spec.seeds)) != len(spec.seeds):
         issues.add(("seeds",), "a seed is listed twice")
-    if _check_factors(spec, issues) and not spec.search:
+    if _check_factors(spec, issues) and spec.kind.has_cells:
         _check_cells(spec, issues)
-    if spec.search:
+    if spec.kind.searches:
         _check_search(spec, issues)
+    if "selection" in study and not spec.kind.reruns:
+        issues.add(("selection",), f"a {spec.kind} study selects nothing: `selection` belongs to tuned grids "
+                                   "(factors and search together); remove it")
     if spec.ensemble:
         _check_ensemble(spec, issues)
     if spec.resources.workers > 1 and spec.runner == "inline":
@@ -520,6 +591,35 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
     return spec.model_copy(update={"report": report}) if report else spec
 
 
+def validation_images(cfg: TrialConfig) -> int | None:
+    """How many images a trial validates on, where that is known without reading data (world tasks)."""
+    from ptlab.data.fewshot import validation_shots
+    from ptlab.data.sources import parse_source
+    from ptlab.world.tasks import world_task
+
+    scheme, name = parse_source(cfg.dataset)
+    if scheme != "world":
+        return None
+    task = world_task(name)
+    per_class = task.per_class["val"]
+    shots = per_class if cfg.shots == 0 else min(validation_shots(cfg.shots, cfg.data.val_shots), per_class)
+    return shots * len(task.classnames)
+
+
+def study_warnings(spec: StudySpec) -> list[str]:
+    """What is valid but likely to mislead: a search ranking configurations on too few validation images."""
+    if not spec.kind.searches or not spec.search.metric.startswith("val_"):
+        return []
+    configs = [spec.base.with_updates(cell) for cell in spec.cells()]
+    sizes = [n for n in map(validation_images, configs) if n is not None]
+    if not sizes or min(sizes) >= MIN_VALIDATION_IMAGES:
+        return []
+    n = min(sizes)
+    return [f"study {spec.name}: {spec.search.metric} is measured on {n} validation images, steps of {100 / n:.2g} "
+            f"points: ASHA and the selection will often judge {spec.search.samples} configurations on ties; "
+            f"validate on at least {MIN_VALIDATION_IMAGES} images (raise data.val_shots)"]
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -534,7 +634,74 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
         raise StudyError(f"{where}: not valid YAML: {problem}") from err
 
 
-def load_study(path: str | Path, check_data: bool = True) -> StudySpec:
+# --- command-line overrides -----------------------------------------------------
+
+# Mappings whose keys are field paths with dots of their own: `factors.train.lr` sets the key `train.lr`.
+PATH_KEYED = (("factors",), ("search", "space"))
+
+
+def _override_path(field: str) -> Path_:
+    parts = field.split(".")
+    for prefix in PATH_KEYED:
+        if tuple(parts[: len(prefix)]) == prefix and len(parts) > len(prefix):
+            return prefix + (".".join(parts[len(prefix):]),)
+    return tuple(parts)
+
+
+def _same_field(a: Any, b: str) -> bool:
+    try:
+        return resolve_field(str(a)) == resolve_field(b)
+    except FieldPathError:
+        return False
+
+
+def apply_overrides(data: Any, overrides: list[str], lines: dict[Path_, int]) -> tuple[Any, dict[Path_, str]]:
+    """The study with each `FIELD=VALUE` (a YAML value) set, and where each override came from.
+
+    Field paths are those of the study file (`train.lr`, `factors.noise_rate`,
+    `search.samples`); validation then judges the result as if written there,
+    naming the `--set` rather than a line.
+    """
+    origins: dict[Path_, str] = {}
+    bad = []
+    if not isinstance(data, dict):
+        return data, origins
+    for override in overrides:
+        field, sep, text = override.partition("=")
+        field = field.strip()
+        if not sep or not field:
+            bad.append(f"--set {override}: write FIELD=VALUE, e.g. --set train.lr=0.01 or --set factors.noise_rate='[0, 0.5]'")
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            bad.append(f"--set {override}: the value is not valid YAML: {getattr(err, 'problem', None) or err}")
+            continue
+        path = _override_path(field)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                bad.append(f"--set {override}: field {'.'.join(map(str, path[: i + 1]))} is not a mapping "
+                           f"(it is {child!r}); set it whole, e.g. --set {path[0]}=...")
+                break
+            node = child
+        else:
+            if path[:-1] in PATH_KEYED:
+                # `--set factors.train.lr=...` replaces the file's `lr:` there: both name one field
+                for key in [k for k in node if k != path[-1] and _same_field(k, path[-1])]:
+                    del node[key]
+            node[path[-1]] = value
+            origins[path] = f"--set {override}"
+            lines.pop(path, None)
+    if bad:
+        raise StudyError("\n".join(["invalid --set overrides"] + bad))
+    return data, origins
+
+
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_data: bool = True) -> StudySpec:
     path = Path(path)
     try:
         text = path.read_text()
@@ -543,4 +710,5 @@ def load_study(path: str | Path, check_data: bool = True) -> StudySpec:
     except (IsADirectoryError, UnicodeDecodeError) as err:
         raise StudyError(f"{path}: not a readable YAML study file: {err}") from err
     data, lines = parse_yaml(text, str(path))
-    return validate_study(data, path, lines, check_data)
+    data, origins = apply_overrides(data, list(overrides), lines)
+    return validate_study(data, path, lines, origins, check_data)

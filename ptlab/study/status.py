@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ptlab.methods.base import STATUS_COMPLETED
-from ptlab.study.store import ResultStore
+from ptlab.study.store import PHASE, ResultStore
 
 PROGRESS = "progress.json"
 STALE_S = 30.0  # a heartbeat this old means no driver is running the study
@@ -47,6 +47,10 @@ def render_status(s: dict[str, Any]):
     counts = ", ".join(f"{n} {k}" for k, n in sorted(s["counts"].items())) or "none yet"
     table.add_row("trials", f"{s['done']}/{s['planned']} finished ({counts})")
     table.add_row("cells", f"{s['cells_done']}/{s['cells']} done")
+    if s.get("selection"):
+        rule = "ORACLE: selected on test, not a fair result" if s["selection"] == "oracle" else "selected on validation"
+        phase = {"search": "per-cell searches", "rerun": "re-runs of the selected configurations"}.get(s.get("phase"), "-")
+        table.add_row("tuned grid", f"{phase}; {rule}")
     table.add_row("running", str(len(s["running"])))
     best = s.get("best")
     table.add_row(f"best {s['metric']}", f"{best['value']:.2f} (trial {best['trial']})" if best else "-")
@@ -55,6 +59,19 @@ def render_status(s: dict[str, Any]):
     if s.get("dashboard_url") and s["state"] == "running":
         table.add_row("dashboard", s["dashboard_url"])
     return table
+
+
+def cells_done(df, kind, seeds: int) -> int:
+    """Cells with every seed's result (kind: a StudyKind): a search's samples are its cells; a tuned grid's results are its re-runs."""
+    import polars as pl
+
+    if not df.height:
+        return 0
+    if not kind.has_cells:
+        return df.height
+    if kind.reruns:
+        df = df.filter(pl.col(PHASE) == "rerun") if PHASE in df.columns else df.clear()
+    return int((df.group_by("cell_id").len()["len"] >= seeds).sum()) if df.height else 0
 
 
 def _driver_alive(progress: dict[str, Any]) -> bool:
@@ -72,32 +89,34 @@ def _driver_alive(progress: dict[str, Any]) -> bool:
 
 def study_status(study_dir: Path) -> dict[str, Any]:
     """What `ptlab study status` shows: stored results, and the driver's last snapshot if any."""
-    from ptlab.study.spec import load_study
+    from ptlab.study.spec import SELECTION_FILE, load_study
 
     spec = load_study(study_dir / "study.yaml")
     progress = read_json(study_dir / PROGRESS)
     df = ResultStore(study_dir).results()
     counts = dict(zip(*df["status"].value_counts().to_dict(as_series=False).values(), strict=True)) if df.height else {}
-    metric = spec.search.metric if spec.search else "test_acc"
+    kind = spec.kind
+    metric = spec.search.metric if kind.searches else "test_acc"
     best = None
     if df.height and metric in df.columns:
         ok = df.filter((df["status"] == STATUS_COMPLETED) & df[metric].is_not_null())
         if ok.height:
-            row = ok.sort(metric, descending=(spec.search is None or spec.search.mode == "max")).row(0, named=True)
+            row = ok.sort(metric, descending=(not kind.searches or spec.search.mode == "max")).row(0, named=True)
             best = {"value": row[metric], "trial": row["tune_trial_id"]}
     state = progress.get("state", "not started")
     if state == "running" and not _driver_alive(progress):
         state = "interrupted"
-    cells_done = (int((df.group_by("cell_id").len()["len"] >= len(spec.seeds)).sum()) if df.height else 0) \
-        if not spec.search else sum(counts.values())
+    phase = ("rerun" if (study_dir / SELECTION_FILE).is_file() else "search") if kind.reruns else ""
     return {
         "state": state,
         "name": spec.name,
         "planned": spec.n_planned(),
         "done": sum(counts.values()),
         "counts": counts,
-        "cells_done": cells_done,
+        "cells_done": cells_done(df, kind, len(spec.seeds)),
         "cells": spec.n_cells(),
+        "phase": phase,
+        "selection": spec.selection if kind.reruns else None,
         "running": progress.get("running", []) if state == "running" else [],
         "best": best,
         "metric": metric,

@@ -38,6 +38,8 @@ ENSEMBLES = "ensembles.json"  # in the study folder: the ensemble rows, likewise
 KEY = "tune_trial_id"
 # Set on ensemble rows only: what tells them from trial rows, here and in reports.
 ENSEMBLE_SIZE = "ensemble_size"
+# Set on a tuned grid's rows only: "search" trials pick each cell's configuration, "rerun" rows are its result.
+PHASE = "phase"
 PROVENANCE_COLUMNS = {
     "ptlab": "ptlab_version",
     "torch": "torch_version",
@@ -87,6 +89,7 @@ class TrialOutcome:
     timings: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
     error: str = ""
+    phase: str = ""  # a tuned grid's "search" or "rerun" (PHASE column)
 
     def row(self) -> dict[str, Any]:
         config_columns = flatten_config(self.config)
@@ -96,6 +99,7 @@ class TrialOutcome:
             KEY: self.key,
             "status": self.status,
             "error": self.error,
+            **({PHASE: self.phase} if self.phase else {}),
             **config_columns,
             "config_json": json.dumps(self.config, sort_keys=True),
         }

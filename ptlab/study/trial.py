@@ -145,6 +145,14 @@ class TrialPlan:
     # report waits for the controller's next poll, so grids, where nothing listens, send
     # none; every epoch is in curve.jsonl either way.
     stream_epochs: bool
+    # A tuned grid's "search" or "rerun" (StudyKind); empty for grids and searches.
+    phase: str = ""
+    # The study's factor paths: they name a trial's cell, and a tuned grid's search
+    # trials and re-runs of one cell share one cell id.
+    cell_fields: tuple[str, ...] = ()
+    study: str = ""
+    # Sampled trials (searches) are named by their Tune key, the others by their seed.
+    sampled: bool = False
 
     @property
     def cache_dir(self) -> Path:
@@ -153,6 +161,20 @@ class TrialPlan:
 
     def files(self, key: str) -> TrialFiles:
         return TrialFiles(Path(self.study_dir) / "trials" / key)
+
+    def cell_id(self, cfg: TrialConfig) -> str:
+        from ptlab.study.space import cell_id, cell_of
+
+        if not self.phase:
+            return cell_id(cfg)
+        return cell_id(TrialConfig.model_validate(self.base).with_updates(cell_of(cfg, self.cell_fields)))
+
+    def run_name(self, cfg: TrialConfig, key: str) -> str:
+        """The trial's Ray Train run, as the dashboard lists it: study/cell/seed or study/cell/sample."""
+        from ptlab.study.space import cell_label, cell_of
+
+        last = f"sample={key}" if self.sampled else f"seed={cfg.seed}"
+        return "/".join([self.study, cell_label(cell_of(cfg, self.cell_fields)), last])
 
     def config(self, tune_config: dict[str, Any]) -> TrialConfig:
         if "trial" in tune_config:  # grid: the whole config is the grid value
@@ -255,7 +277,8 @@ def _run_train_job(cfg: TrialConfig, key: str, plan: TrialPlan) -> None:
             resources_per_worker={"CPU": plan.cpu, "GPU": plan.gpu} if plan.gpu > 0 else {"CPU": plan.cpu},
         ),
         run_config=ray.train.RunConfig(
-            name="train",
+            # the run's folder, trials/<key>/<study>/<cell>/<seed or sample>, is named like it
+            name=plan.run_name(cfg, key),
             storage_path=str(plan.files(key).folder),
             # The callback relays epochs to Tune through a queue actor of its own; grids
             # stream none, so they spare that process (`run_trial_fn` sends the final result).

@@ -2,16 +2,23 @@
 
 A grid study is a Tune grid search over fully resolved trial configs with no
 scheduler. A search study is Optuna (seeded TPE, journal storage in the study
-folder) with ASHA on the trial's own `epoch`. Every trial's end is turned into
-one results row as it happens (`Recorder`), and once more for every trial when
-the run ends, so rows lost to a killed driver are recovered on resume; then
-come the rows of the study's seed ensembles, computed afresh on every resume.
+folder) with ASHA on the trial's own `epoch`. A tuned grid runs in two phases,
+each one Tune experiment: "search", every cell's own seeded Optuna study and
+ASHA rungs behind one searcher and one scheduler, so the cells' searches share
+the cluster; then, once each cell's configuration is selected (on validation,
+`selection.json`, written once), "rerun": a grid of the selected configurations
+x seeds, run to the end. Every trial's end is turned into one results row as it
+happens (`Recorder`), and once more for every trial when a phase ends, so rows
+lost to a killed driver are recovered on resume; then come the rows of the
+study's seed ensembles, computed afresh on every resume.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ptlab.methods.base import STATUS_FAILED, STATUS_PRUNED
@@ -27,12 +36,16 @@ from ptlab.study.ensembles import record_ensembles
 from ptlab.study.planned import refuse_if_changed, write_planned
 from ptlab.study.progress import Progress, write_driver
 from ptlab.study.reference import record_references
-from ptlab.study.spec import StudySpec
-from ptlab.study.store import ResultStore, TrialOutcome
+from ptlab.study.spec import SELECTION_FILE, StudySpec
+from ptlab.study.store import KEY, PHASE, ResultStore, TrialOutcome
 from ptlab.study.trial import FINAL, TrialPlan, atomic_write, run_trial_fn
 
-TUNE_DIR = "tune"
+TUNE_DIR = "tune"  # a grid's or search's experiment, and a tuned grid's search phase
+RERUN_DIR = "tune_reruns"
 OPTUNA_JOURNAL = "journal.log"
+SEARCH_PHASE, RERUN_PHASE = "search", "rerun"
+
+
 def trial_slots(spec: StudySpec, connection: RayConnection) -> int:
     """How many trials fit on the cluster at once."""
     r = spec.resources
@@ -47,10 +60,12 @@ def trial_slots(spec: StudySpec, connection: RayConnection) -> int:
     return min(slots, spec.max_concurrent or slots)
 
 
-def trial_plan(spec: StudySpec, study_dir: Path) -> TrialPlan:
+def trial_plan(spec: StudySpec, study_dir: Path, phase: str = "") -> TrialPlan:
     r = spec.resources
+    searching = spec.kind.searches and phase != RERUN_PHASE
     return TrialPlan(str(study_dir.resolve()), spec.base.canonical(), spec.runner, r.cpu, r.gpu, r.workers,
-                     stream_epochs=spec.search is not None)
+                     stream_epochs=searching, phase=phase, cell_fields=tuple(spec.factors), study=spec.name,
+                     sampled=searching)
 
 
 def _trial_dirname(trial) -> str:
@@ -76,13 +91,12 @@ def failure_text(error: str) -> str:
 
 def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, error: str | None) -> TrialOutcome | None:
     """One trial's outcome from what Tune knows of it and what the trial wrote; None if it has not ended."""
-    from ptlab.study.space import cell_id
-
     cfg = plan.config(tune_config)
     files = plan.files(key)
     curve = files.read_curve()
     record = files.read_record()
-    common = dict(key=key, trial_id=cfg.trial_id, cell_id=cell_id(cfg), config=cfg.canonical(), curve=curve)
+    common = dict(key=key, trial_id=cfg.trial_id, cell_id=plan.cell_id(cfg), config=cfg.canonical(), curve=curve,
+                  phase=plan.phase)
     if error is not None:
         timings = {"wall_s": last_result.get("time_total_s"), "attempts": files.attempts(), "finished_at": time.time()}
         return TrialOutcome(status=STATUS_FAILED, metrics=dict(curve[-1]) if curve else {}, timings=timings,
@@ -132,15 +146,19 @@ class Recorder(tune.Callback):
             ResultStore(self.plan.study_dir).add(result)
 
 
-def spec_summary(spec: StudySpec) -> dict[str, Any]:
+def spec_summary(spec: StudySpec, phase: str = "") -> dict[str, Any]:
+    kind = spec.kind
     return {
         "name": spec.name,
-        "kind": spec.kind,
+        "kind": kind.name,
+        "phase": phase,
         "planned": spec.n_planned(),
         "cells": spec.n_cells(),
         "seeds": len(spec.seeds),
-        "metric": spec.search.metric if spec.search else "test_acc",
-        "mode": spec.search.mode if spec.search else "max",
+        # a tuned grid's best so far is a search trial's, judged as its searches judge
+        "metric": spec.search.metric if kind.searches else "test_acc",
+        "mode": spec.search.mode if kind.searches else "max",
+        "selection": spec.selection if kind.reruns else None,
     }
 
 
@@ -150,15 +168,22 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     Ray's integration tells a trial ASHA stopped as COMPLETE with its partial
     value, which TPE then trusts as a finished result. Here a trial is
     COMPLETE only if its final result arrived; stopped before that it is
-    PRUNED, with the values it reported per epoch as intermediate values.
+    PRUNED, with the values it reported per epoch as intermediate values,
+    the one it was stopped at included (Tune hands that result to the
+    searcher's on_trial_complete only, never to on_trial_result).
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._reported_steps: dict[str, set[int]] = {}
 
+    def _told(self, trial_id: str) -> bool:
+        """Whether Optuna already holds the trial's end: told by a driver killed after its last searcher save."""
+        number = self._ot_trials[trial_id].number
+        return any(t.number == number and t.state.is_finished() for t in self._ot_study.get_trials(deepcopy=False))
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if result.get(FINAL) or self.metric not in result or trial_id not in self._ot_trials:
+        if result.get(FINAL) or self.metric not in result or trial_id not in self._ot_trials or self._told(trial_id):
             return
         step = int(result["epoch"])
         steps = self._reported_steps.setdefault(trial_id, set())
@@ -170,6 +195,9 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        if self._told(trial_id):
+            self._completed_trials.add(trial_id)
+            return
         value = (result or {}).get(self.metric)
         if error:
             state, value = TrialState.FAIL, None
@@ -177,32 +205,46 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             finite = isinstance(value, int | float) and math.isfinite(value)
             state, value = (TrialState.COMPLETE, float(value)) if finite else (TrialState.FAIL, None)
         else:
+            if result and "epoch" in result:
+                self.on_trial_result(trial_id, result)
             state, value = TrialState.PRUNED, None
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr("tune_trial_id", trial_id)
         self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
 
-    def restore(self, checkpoint_path: str) -> None:
-        """Also fail the Optuna trials a killed driver asked for but never saved: nothing will finish them.
+    # The journal of the study folder the searcher works for: the one it was built for, or the
+    # folder being resumed, which restore_tuner sets before Tune restores the searcher's state.
+    journal: Path | None = None
 
-        The pickled state names the journal by the path it had when saved; a copied or
-        moved study must write to its own journal, the one beside this checkpoint.
-        """
+    def restore(self, checkpoint_path: str) -> None:
+        """Also point the searcher at the resumed folder's journal and fail the trials a killed driver left running."""
+        journal = self.journal
+        super().restore(checkpoint_path)
+        self.journal = journal
+        if journal is not None:
+            self.use_journal(journal)
+        self.fail_orphans()
+
+    def use_journal(self, journal: Path) -> None:
+        """The pickled state names the journal by the path it had when saved; a copied or
+        moved study must write to its own journal, the one in its own folder. (Not the one
+        beside the checkpoint: Tune restores a searcher from a staging copy under /tmp/ray.)"""
         from optuna.storages.journal import JournalFileBackend
 
-        super().restore(checkpoint_path)
-        journal = Path(checkpoint_path).resolve().parent.parent / OPTUNA_JOURNAL
         backend = getattr(self._ot_study._storage, "_backend", None)
-        if isinstance(backend, JournalFileBackend) and Path(backend._file_path) != journal:
+        if isinstance(backend, JournalFileBackend) and Path(backend._file_path).resolve() != journal.resolve():
             backend.__init__(str(journal))  # the one backend every pickled reference shares: path and file lock
+
+    def fail_orphans(self) -> None:
+        """Fail the Optuna trials a killed driver asked for but never saved: nothing will finish them."""
         known = {t.number for t in self._ot_trials.values()}
         for orphan in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if orphan.number not in known:
                 self._ot_study.tell(orphan.number, state=TrialState.FAIL)
 
 
-def _searcher(spec: StudySpec, study_dir: Path) -> PrunedAwareOptunaSearch:
+def _optuna_search(spec: StudySpec, study_dir: Path, study_name: str, seed: int) -> PrunedAwareOptunaSearch:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -210,19 +252,139 @@ def _searcher(spec: StudySpec, study_dir: Path) -> PrunedAwareOptunaSearch:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = spec.search
-    storage = JournalStorage(JournalFileBackend(str(study_dir.resolve() / OPTUNA_JOURNAL)))
-    seed = search.sampler_seed if search.sampler_seed is not None else spec.seeds[0]
-    return PrunedAwareOptunaSearch(
+    journal = study_dir.resolve() / OPTUNA_JOURNAL
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    # TPE's default of 10 random start-up samples would leave a per-cell budget below
+    # 10 random search; half the budget (at least 2) explores, the rest is TPE's.
+    startup = min(10, max(2, search.samples // 2))
+    searcher = PrunedAwareOptunaSearch(
         optuna_space(search.space),
         metric=search.metric,
         mode=search.mode,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        study_name=spec.name,
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup),
+        study_name=study_name,
         storage=storage,
     )
+    searcher.journal = journal
+    return searcher
 
 
-def _scheduler(spec: StudySpec):
+def cell_seed(base_seed: int, label: str) -> int:
+    """A cell's sampler seed: fixed by the study's seed and the cell, different between cells."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{base_seed}/{label}".encode()).digest()[:4], "little")
+
+
+def search_study_name(spec: StudySpec, label: str) -> str:
+    """The name of a tuned grid cell's Optuna study in journal.log (what optuna-dashboard lists)."""
+    return f"{spec.name}/{label}"
+
+
+class CellSearches(Searcher):
+    """A tuned grid's searches: one seeded Optuna study per cell behind the one searcher Tune drives.
+
+    Cells are asked in turn, the one with fewest samples first, so every
+    cell's search advances while the others run; each trial's results go to
+    the search of its cell. Search trials train with the study's first seed.
+    """
+
+    def __init__(self, spec: StudySpec, study_dir: Path):
+        from ptlab.study.space import cell_label
+
+        super().__init__(metric=spec.search.metric, mode=spec.search.mode)
+        base_seed = spec.search.sampler_seed if spec.search.sampler_seed is not None else spec.seeds[0]
+        self.cells = {cell_label(cell): cell for cell in spec.cells()}
+        self.searches = {label: _optuna_search(spec, study_dir, search_study_name(spec, label), cell_seed(base_seed, label))
+                         for label in self.cells}
+        self.budget, self.seed = spec.search.samples, spec.seeds[0]
+        self.journal = study_dir.resolve() / OPTUNA_JOURNAL
+        self.asked = dict.fromkeys(self.cells, 0)
+        self.cell_of: dict[str, str] = {}
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # every search was set up with the study's metric and space
+
+    def suggest(self, trial_id: str):
+        if trial_id in self.cell_of:
+            label = self.cell_of[trial_id]
+        else:
+            open_cells = [label for label in self.cells if self.asked[label] < self.budget]
+            if not open_cells:
+                return Searcher.FINISHED
+            label = min(open_cells, key=lambda c: self.asked[c])
+            self.asked[label] += 1
+            self.cell_of[trial_id] = label
+        return {**self.searches[label].suggest(trial_id), **self.cells[label], "seed": self.seed}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.cell_of:
+            self.searches[self.cell_of[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.cell_of:
+            self.searches[self.cell_of[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__.copy(), f)
+
+    journal: Path | None = None  # as PrunedAwareOptunaSearch.journal
+
+    def restore(self, checkpoint_path: str) -> None:
+        journal = self.journal
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+        self.journal = journal
+        for search in self.searches.values():
+            if journal is not None:
+                search.use_journal(journal)
+            search.fail_orphans()
+
+
+class PerCellScheduler(FIFOScheduler):
+    """ASHA per cell of a tuned grid: a trial is compared only with the other samples of its own cell."""
+
+    def __init__(self, spec: StudySpec):
+        super().__init__()
+        self.spec = spec
+        self.cells: dict[str, Any] = {}
+
+    def _asha(self, trial):
+        from ptlab.study.space import cell_label
+
+        label = cell_label({path: trial.config.get(path) for path in self.spec.factors})
+        if label not in self.cells:
+            self.cells[label] = _asha(self.spec)
+        return self.cells[label]
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._asha(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result) -> str:
+        return self._asha(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        self._asha(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._asha(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return f"ASHA in each of {len(self.cells)} cells"
+
+
+def _searcher(spec: StudySpec, study_dir: Path):
+    if spec.kind.reruns:
+        return CellSearches(spec, study_dir)
+    seed = spec.search.sampler_seed if spec.search.sampler_seed is not None else spec.seeds[0]
+    return _optuna_search(spec, study_dir, spec.name, seed)
+
+
+def _asha(spec: StudySpec):
     from ray.tune.schedulers import ASHAScheduler
 
     asha = spec.search.asha
@@ -239,6 +401,10 @@ def _scheduler(spec: StudySpec):
     )
 
 
+def _scheduler(spec: StudySpec):
+    return PerCellScheduler(spec) if spec.kind.reruns else _asha(spec)
+
+
 def _trainable(plan: TrialPlan):
     trainable = tune.with_parameters(run_trial_fn, plan=plan)
     if plan.runner == "inline":
@@ -250,50 +416,59 @@ def _trainable(plan: TrialPlan):
     return tune.with_resources(trainable, resources)
 
 
-def build_tuner(spec: StudySpec, study_dir: Path, connection: RayConnection):
-    plan = trial_plan(spec, study_dir)
+def phase_dir(phase: str) -> str:
+    return RERUN_DIR if phase == RERUN_PHASE else TUNE_DIR
+
+
+def phase_planned(spec: StudySpec, phase: str) -> int:
+    if phase == SEARCH_PHASE:
+        return len(spec.cells()) * spec.search.samples
+    if phase == RERUN_PHASE:
+        return len(spec.cells()) * len(spec.seeds)
+    return spec.n_planned()
+
+
+def build_tuner(spec: StudySpec, study_dir: Path, connection: RayConnection, phase: str = ""):
+    plan = trial_plan(spec, study_dir, phase)
     slots = trial_slots(spec, connection)
+    searching = spec.kind.searches and phase != RERUN_PHASE
     # A new trial reuses the process of one that ended: Ray start-up and imports are paid
     # once per slot, not once per trial. Not where ASHA stops trials: a stopped trial's
     # recipe (or Train job) runs on in its process until Tune gives up on reusing it.
-    reuse_actors = not (spec.search and spec.search.asha)
-    if spec.search:
+    reuse_actors = not (searching and spec.search.asha)
+    common = dict(max_concurrent_trials=slots, trial_name_creator=_trial_dirname,
+                  trial_dirname_creator=_trial_dirname, reuse_actors=reuse_actors)
+    if searching:
         tune_config = tune.TuneConfig(
             search_alg=_searcher(spec, study_dir),
             scheduler=_scheduler(spec) if spec.search.asha else None,
-            num_samples=spec.search.samples,
-            max_concurrent_trials=slots,
-            trial_name_creator=_trial_dirname,
-            trial_dirname_creator=_trial_dirname,
-            reuse_actors=reuse_actors,
+            num_samples=phase_planned(spec, phase),
+            **common,
         )
         param_space: dict[str, Any] = {}
     else:
-        tune_config = tune.TuneConfig(
-            max_concurrent_trials=slots,
-            trial_name_creator=_trial_dirname,
-            trial_dirname_creator=_trial_dirname,
-            reuse_actors=reuse_actors,
-        )
-        param_space = {"trial": tune.grid_search([t.config.canonical() for t in spec.trials()])}
+        configs = rerun_configs(spec, read_selection(study_dir)) if phase == RERUN_PHASE else \
+            [t.config for t in spec.trials()]
+        tune_config = tune.TuneConfig(**common)
+        param_space = {"trial": tune.grid_search([c.canonical() for c in configs])}
     run_config = tune.RunConfig(
-        name=TUNE_DIR,
+        name=phase_dir(phase),
         storage_path=str(study_dir.resolve()),
         failure_config=tune.FailureConfig(max_failures=spec.retries),
-        callbacks=_callbacks(spec, plan),
+        callbacks=_callbacks(spec, plan, phase),
         verbose=0,
     )
     return tune.Tuner(_trainable(plan), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-def _callbacks(spec: StudySpec, plan: TrialPlan) -> list[tune.Callback]:
-    return [Recorder(plan), Progress(plan, spec_summary(spec))]
+def _callbacks(spec: StudySpec, plan: TrialPlan, phase: str) -> list[tune.Callback]:
+    return [Recorder(plan), Progress(plan, spec_summary(spec, phase))]
 
 
-def restore_tuner(spec: StudySpec, study_dir: Path):
-    plan = trial_plan(spec, study_dir)
+def restore_tuner(spec: StudySpec, study_dir: Path, phase: str = ""):
+    plan = trial_plan(spec, study_dir, phase)
     tuner = tune.Tuner.restore(
-        str((study_dir / TUNE_DIR).resolve()),
+        str((study_dir / phase_dir(phase)).resolve()),
         trainable=_trainable(plan),
         resume_unfinished=True,
         resume_errored=False,
@@ -303,13 +478,16 @@ def restore_tuner(spec: StudySpec, study_dir: Path):
     # it was saved in, the original of a copy or the old place of a moved study: this one's instead.
     # (Through Ray Client the tuner lives on the cluster, out of reach: resume there in place.)
     if tuner._local_tuner is not None:
-        tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, plan)
+        tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, plan, phase)
+        searcher = tuner._local_tuner._tune_config.search_alg
+        if searcher is not None:
+            searcher.journal = study_dir.resolve() / OPTUNA_JOURNAL
     return tuner
 
 
-def record_all(spec: StudySpec, study_dir: Path, results) -> int:
+def record_all(spec: StudySpec, study_dir: Path, results, phase: str = "") -> int:
     """Rows for every ended trial of a finished run that has none yet (e.g. lost to a killed driver)."""
-    plan = trial_plan(spec, study_dir)
+    plan = trial_plan(spec, study_dir, phase)
     store = ResultStore(study_dir)
     done = store.keys()
     added = 0
@@ -325,11 +503,94 @@ def record_all(spec: StudySpec, study_dir: Path, results) -> int:
     return added
 
 
+# --- a tuned grid's selection -------------------------------------------------------
+
+
+def select_configs(spec: StudySpec, study_dir: Path) -> dict[str, Any]:
+    """Each cell's configuration from its search trials, by the study's selection rule.
+
+    Candidates are the cell's search trials that ran to the end (not pruned,
+    not failed) with a finite `spec.selection_metric`; only that column is
+    read, so with `selection: val` no test metric can sway the choice. Ties
+    go to the trial Tune started first.
+    """
+    import polars as pl
+
+    from ptlab.config import TrialConfig
+    from ptlab.study.space import cell_label, field_value
+
+    metric = spec.selection_metric
+    rows = ResultStore(study_dir).results()
+    rows = rows.filter(pl.col(PHASE) == SEARCH_PHASE) if PHASE in rows.columns else rows.clear()
+    base = trial_plan(spec, study_dir, SEARCH_PHASE)
+    cells: dict[str, Any] = {}
+    problems = []
+    for cell in spec.cells():
+        label = cell_label(cell)
+        trials = rows.filter(pl.col("cell_id") == base.cell_id(spec.base.with_updates(cell))).sort(KEY)
+        ended = trials.filter(~pl.col("status").is_in([STATUS_PRUNED, STATUS_FAILED]))
+        if metric in ended.columns:
+            ended = ended.filter(pl.col(metric).is_not_null() & pl.col(metric).is_finite())
+        else:
+            ended = ended.clear()
+        if not ended.height:
+            problems.append(f"{label} ({trials.height} search trials, none ended with a {metric})")
+            continue
+        row = ended.sort([metric, KEY], descending=[spec.search.mode == "max", False]).row(0, named=True)
+        config = TrialConfig.model_validate(json.loads(row["config_json"]))
+        statuses = trials["status"].to_list()
+        cells[label] = {
+            "cell": cell,
+            "params": {path: field_value(config, path) for path in spec.search.space},
+            "trial": row[KEY],
+            "value": float(row[metric]),
+            "samples": trials.height,
+            "pruned": statuses.count(STATUS_PRUNED),
+            "failed": statuses.count(STATUS_FAILED),
+        }
+    if problems:
+        raise RuntimeError(f"study {spec.name}: no configuration to select in {len(problems)} cells: "
+                           f"{'; '.join(problems)}. Its search trials are stored in {study_dir}; see their errors "
+                           "in results.parquet, fix the study and run it in a new folder")
+    return {"selection": spec.selection, "metric": metric, "mode": spec.search.mode, "cells": cells}
+
+
+def read_selection(study_dir: Path) -> dict[str, Any]:
+    return json.loads((study_dir / SELECTION_FILE).read_text())
+
+
+def rerun_configs(spec: StudySpec, selection: dict[str, Any]):
+    """Every cell's selected configuration x every seed, cells in factor order, seeds innermost."""
+    from ptlab.study.space import cell_label
+
+    return [spec.base.with_updates({**cell, **selection["cells"][cell_label(cell)]["params"], "seed": seed})
+            for cell in spec.cells() for seed in spec.seeds]
+
+
+# --- running ---------------------------------------------------------------------------
+
+
 STUDY_FILE = "study.yaml"
 
 
+def _run_phase(spec: StudySpec, study_dir: Path, connection: RayConnection, phase: str) -> bool:
+    """One Tune experiment of the study, restored if an earlier driver started it; True once every trial ended."""
+    started = (study_dir / phase_dir(phase) / "tuner.pkl").is_file()
+    tuner = restore_tuner(spec, study_dir, phase) if started else build_tuner(spec, study_dir, connection, phase)
+    grid = tuner.fit()
+    finished = grid.num_terminated + grid.num_errors == len(grid) >= phase_planned(spec, phase)
+    if finished:
+        record_all(spec, study_dir, grid, phase)
+    return finished
+
+
 def run_study(spec: StudySpec, study_dir: Path, connection: RayConnection, resume: bool = False) -> bool:
-    """Run (or resume) every trial of the study; True once all planned trials have ended."""
+    """Run (or resume) every trial of the study; True once all planned trials have ended.
+
+    Each phase resumes where its Tune experiment was left, and a tuned grid's
+    selection is made once: a resumed study with a selection.json re-runs
+    what it names.
+    """
     study_dir = study_dir.resolve()
     slots = trial_slots(spec, connection)  # a study that cannot fit fails before it leaves a folder
     if resume:
@@ -343,11 +604,17 @@ def run_study(spec: StudySpec, study_dir: Path, connection: RayConnection, resum
     # replaced by ptlab's own: `ptlab study resume DIR`.
     for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    tuner = restore_tuner(spec, study_dir) if resume else build_tuner(spec, study_dir, connection)
-    grid = tuner.fit()
-    finished = grid.num_terminated + grid.num_errors == len(grid) >= spec.n_planned()
+    if not spec.kind.reruns:
+        finished = _run_phase(spec, study_dir, connection, "")
+        if finished:
+            record_ensembles(spec, trial_plan(spec, study_dir))
+            record_references(spec, trial_plan(spec, study_dir))
+        return finished
+    if not (study_dir / SELECTION_FILE).is_file():
+        if not _run_phase(spec, study_dir, connection, SEARCH_PHASE):
+            return False
+        atomic_write(study_dir / SELECTION_FILE, json.dumps(select_configs(spec, study_dir), indent=1).encode())
+    finished = _run_phase(spec, study_dir, connection, RERUN_PHASE)
     if finished:
-        record_all(spec, study_dir, grid)
-        record_ensembles(spec, trial_plan(spec, study_dir))
-        record_references(spec, trial_plan(spec, study_dir))
+        record_references(spec, trial_plan(spec, study_dir, RERUN_PHASE))
     return finished

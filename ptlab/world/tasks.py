@@ -30,7 +30,9 @@ class WorldTask:
     name: str
     label_attributes: tuple[str, ...]
     template: str
-    per_class: dict[str, int] = field(default_factory=lambda: {"train": 64, "val": 16, "test": 50})
+    # Validation is large enough to rank configurations a point apart (a tuned grid selects on it):
+    # 700 images for ten classes; trials use a K-shot sample of it unless data.val_shots asks for more.
+    per_class: dict[str, int] = field(default_factory=lambda: {"train": 64, "val": 70, "test": 50})
     description: str = ""
 
     @property
