@@ -68,26 +68,45 @@ class Driver:
         return code
 
 
+def session_processes(sid: int) -> list[int]:
+    """The running processes of a session (zombies do not run)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, _, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):  # the process ended while being read
+            continue
+        if int(session) == sid and state != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
 def kill_session(sid: int, timeout: float = 60) -> None:
-    """SIGKILL every process of a session until none is left running (zombies do not run)."""
+    """SIGKILL every process of a session until none is left running."""
     deadline = time.monotonic() + timeout
-    while True:
-        alive = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                state, _, _, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
-            except (OSError, ValueError):  # the process ended while being read
-                continue
-            if int(session) == sid and state != "Z":
-                alive.append(int(stat.parent.name))
-        if not alive:
-            return
+    while alive := session_processes(sid):
         if time.monotonic() > deadline:
             pytest.fail(f"processes {alive} of session {sid} survive SIGKILL")
         for pid in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
+
+
+def listening_sockets(pids: list[int]) -> list[tuple[str, str]]:
+    """(local address, process name) of every TCP socket these processes listen on, as `ss -ltnp` lists them."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        owners = dict((int(pid), name) for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line))
+        for pid in set(owners) & set(pids):
+            found.append((line.split()[3], owners[pid]))
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
+    return host.startswith("127.") or host == "::1"
 
 
 def wait_for(condition, timeout: float, what: str, driver: Driver):
@@ -133,6 +152,12 @@ def test_resume_after_the_driver_is_killed_loses_and_duplicates_nothing(random_t
         return (done, running) if done and running else None
 
     done, running = wait_for(mid_study, 600, "one trial done and one part-way", driver)
+    # every port of the cluster the study started (GCS, raylet, object manager, workers,
+    # metrics and dashboard agents) on loopback; printed for the closing note's socket list
+    sockets = listening_sockets(session_processes(driver.proc.pid))
+    print("listening sockets of the running study:", *sorted(sockets), sep="\n  ")
+    assert {"gcs_server", "raylet", "ray::DashboardA"} <= {name for _, name in sockets}, sockets
+    assert [s for s in sockets if not is_loopback(s[0])] == []
     # The driver and every process of its session, the Ray cluster it started included, die at
     # once, as in a crash: trial processes outlive a driver killed alone by a few seconds, long
     # enough for the trial caught part-way to finish.

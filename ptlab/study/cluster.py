@@ -72,6 +72,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, study: str 
         context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False,
                            logging_level=logging.WARNING, job_config=job_config)
     else:
+        _bind_to_loopback()
         # address="local": never attach to whatever cluster /tmp/ray/ray_current_cluster names,
         # which outlives a crashed `ray start` and would make ray.init wait on a dead GCS.
         context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
@@ -87,6 +88,19 @@ def connect(address: str | None = None, num_cpus: int | None = None, study: str 
         cluster_id=None if address else os.environ[CLUSTER_MARK],
         session_dir=None if address else context.address_info.get("session_dir"),
     )
+
+
+# Ray's own switch for a cluster that never leaves the machine (its default on macOS and
+# Windows): the node's address is 127.0.0.1, and every server (GCS, raylet, object manager,
+# metrics agents, dashboard and its agent) binds to the node's address.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _bind_to_loopback() -> None:
+    from ray._private import ray_constants
+
+    os.environ[LOOPBACK_ONLY_ENV] = "0"  # the processes the cluster starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this one, which imported Ray already
 
 
 def disconnect(connection: RayConnection) -> None:
