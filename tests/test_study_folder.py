@@ -288,3 +288,17 @@ def test_cli_refuses_to_resume_a_study_another_driver_holds(tmp_path):
     assert result.exit_code == 2, result.output
     assert f"is being run by pid {os.getpid()} on host {socket.gethostname()}" in result.output
     assert "`ptlab study run`" in result.output and not (tmp_path / "tune").exists()
+
+
+def test_a_grid_trial_whose_record_never_reached_the_driver_is_failed_not_pruned(tmp_path):
+    # what a trial that ran on a node without the study folder looks like to the driver:
+    # Tune saw its final result, its folder here holds nothing
+    from ptlab.study.tuner import outcome, trial_plan
+
+    spec = _edited()
+    assert spec.search is None
+    trial = spec.trials()[0]
+    found = outcome(trial_plan(spec, tmp_path), "k0", {"trial": trial.config.canonical()},
+                    {"final": 1, "epoch": 2, "test_acc": 0.5}, None)
+    assert found.status == "failed"
+    assert str(tmp_path / "trials" / "k0" / "record.json") in found.error and "every node" in found.error

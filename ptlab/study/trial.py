@@ -153,6 +153,8 @@ class TrialPlan:
     study: str = ""
     # Sampled trials (searches) are named by their Tune key, the others by their seed.
     sampled: bool = False
+    # A scheduler (ASHA) may stop trials: only then is a trial without its final result pruned.
+    prunes: bool = False
 
     @property
     def cache_dir(self) -> Path:

@@ -65,7 +65,7 @@ def trial_plan(spec: StudySpec, study_dir: Path, phase: str = "") -> TrialPlan:
     searching = spec.kind.searches and phase != RERUN_PHASE
     return TrialPlan(str(study_dir.resolve()), spec.base.canonical(), spec.runner, r.cpu, r.gpu, r.workers,
                      stream_epochs=searching, phase=phase, cell_fields=tuple(spec.factors), study=spec.name,
-                     sampled=searching)
+                     sampled=searching, prunes=searching and spec.search.asha is not None)
 
 
 def _trial_dirname(trial) -> str:
@@ -104,6 +104,13 @@ def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, err
     if last_result.get(FINAL) and record is not None:
         return TrialOutcome(status=record["status"], metrics=record["metrics"], timings=record["timings"],
                             provenance=record["provenance"], error=record.get("error", ""), **common)
+    if (curve or last_result) and (last_result.get(FINAL) or not plan.prunes):
+        # It ended, yet no record of it reaches the driver: never called pruned where nothing prunes.
+        timings = {"wall_s": last_result.get("time_total_s"), "attempts": files.attempts(), "finished_at": time.time()}
+        return TrialOutcome(status=STATUS_FAILED, metrics=dict(curve[-1]) if curve else {}, timings=timings,
+                            provenance=_provenance(), error=f"the trial ended but the driver cannot read its record "
+                            f"{files.record}: on a cluster of several nodes the study folder must be a storage every "
+                            "node reaches (a shared mount given with --out)", **common)
     if curve or last_result:
         # Ended without its final result: the scheduler stopped it. Epochs it ran past
         # the result it was stopped at are not part of what the scheduler saw.
