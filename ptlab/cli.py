@@ -142,34 +142,60 @@ def world_pretrain(
         _measure_card(backbone, record, out)
 
 
-def _measure_card(backbone: str, record: dict, folder: Path | None) -> None:
+def _measure_card(backbone: str, record: dict, folder: Path | None, cache_dir: Path | None = None) -> None:
     import tempfile
 
-    from ptlab.world.card import HEADROOM, headroom_cases, measure, write_card
+    from ptlab.models.backbone import WORLD_ASSETS
+    from ptlab.world.card import (
+        HEADROOM,
+        figure3_cases,
+        graded_cases,
+        headroom_cases,
+        measure,
+        noise_effect_holds,
+        trials_store,
+        write_card,
+    )
 
-    with tempfile.TemporaryDirectory() as tmp:
-        measured = measure(f"local-dir:{folder}" if folder else f"world:{backbone}", Path(tmp))
+    source = f"local-dir:{folder}" if folder else f"world:{backbone}"
+    if cache_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            measured = measure(source, Path(tmp))
+    else:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        measured = measure(source, cache_dir, trials_store(cache_dir, folder or WORLD_ASSETS / backbone))
     path = write_card(backbone, record, measured, folder)
     typer.echo(f"model card {path}: {json.dumps(measured['zero_shot_test_acc'])}")
     for key, row in measured["prompt_tuning"].items():
         typer.echo(f"  {key}: zero-shot {row['zero_shot']:.1f}, 16-shot CoOp {row['coop_mean']:.1f} ({row['gain']:+.1f})")
+    for key, row in measured.get("few_shot_seed_1", {}).items():
+        typer.echo(f"  {key} (seed 1): linear probe {json.dumps(row['linear_probe'])}, CoOp {json.dumps(row['coop'])}")
     bar = f"zero-shot <= {HEADROOM['max_zero_shot']:g}, gain >= {HEADROOM['min_gain']:g}"
     typer.echo(f"  headroom ({bar}): {', '.join(headroom_cases(measured)) or 'none'}")
+    typer.echo(f"  CoOp Figure 3 shape: {', '.join(figure3_cases(measured)) or 'none'}")
+    typer.echo(f"  graded like real benchmarks: {json.dumps(graded_cases(measured))}")
+    if "noise" in measured:
+        noise = measured["noise"]
+        drops = ", ".join(f"{loss} drops {noise[loss]['drop']:.1f}" for loss in ("ce", "gce"))
+        typer.echo(f"  {noise['case']} at {noise['noise_rate']:g} {noise['noise_type']} noise: {drops}"
+                   f" (PTNL's effect {'holds' if noise_effect_holds(measured) else 'does not hold'})")
 
 
 @world_app.command("card")
 def world_card(
     backbone: str = typer.Option("tiny-rn", help="tiny-rn or tiny-vit."),
     folder: Path = typer.Option(None, "--dir", help="Weights folder (default: the shipped weights)."),
+    cache_dir: Path = typer.Option(None, help="Keep image features and finished trials here, so a stopped "
+                                              "measurement resumes (default: a temporary folder)."),
 ):
-    """Measure a tiny CLIP's model card again (zero-shot table, prompt-tuning headroom), keeping its training record."""
+    """Measure a tiny CLIP's model card again (zero-shot, linear probes, CoOp, noise), keeping its training record."""
     from ptlab.world.card import read_card, training_record
 
     try:
         card = read_card(backbone, folder)
     except (OSError, ValueError) as err:
         _fail(f"no readable model card for {backbone} in {folder or 'the package'}: {err}; run `ptlab world pretrain` first")
-    _measure_card(backbone, training_record(card), folder)
+    _measure_card(backbone, training_record(card), folder, cache_dir)
 
 
 @world_app.command("show")

@@ -89,3 +89,59 @@ def test_prompt_tuning_table_and_headroom_bar(feature_cache):
     }
     assert headroom_cases({"prompt_tuning": rows}) == ["weak and fixed"]
     assert headroom_cases({}) == []
+
+
+def test_figure3_graded_and_noise_bars():
+    from ptlab.world.card import figure3_cases, graded_cases, noise_effect_holds
+
+    def row(zero_shot, coop, lp16, lp1):
+        return {"zero_shot": zero_shot, "coop_mean": coop, "gain": coop - zero_shot, "linear_probe_16_mean": lp16, "linear_probe_1_mean": lp1}
+
+    rows = {
+        "figure 3": row(60.0, 75.0, 52.0, 40.0),
+        "zero-shot too strong": row(66.0, 80.0, 70.0, 40.0),
+        "probe above coop": row(60.0, 75.0, 76.0, 40.0),
+        "probe far below zero-shot": row(60.0, 75.0, 49.0, 40.0),
+        "1-shot probe beats zero-shot": row(60.0, 75.0, 70.0, 60.0),
+        "food": row(90.0, 88.0, 80.0, 30.0),
+        "eurosat": row(40.0, 65.0, 60.0, 30.0),
+    }
+    assert figure3_cases({"prompt_tuning": rows}) == ["figure 3", "eurosat"]
+    assert graded_cases({"prompt_tuning": rows}) == {"food101_like": ["food"], "eurosat_like": ["eurosat"]}
+    assert figure3_cases({}) == [] and graded_cases({}) == {"food101_like": [], "eurosat_like": []}
+
+    def noise(ce, gce):
+        return {"noise": {"ce": {"drop": ce}, "gce": {"drop": gce}}}
+
+    assert noise_effect_holds(noise(12.0, 5.9))
+    assert not noise_effect_holds(noise(12.0, 6.0)) and not noise_effect_holds(noise(9.9, 1.0))
+    assert not noise_effect_holds({})
+
+
+def test_card_trials_run_once_and_resume_from_their_store(tmp_path, monkeypatch):
+    import ptlab.world.card as card
+    from ptlab.config import TrialConfig
+
+    runs = []
+
+    class Record:
+        def __init__(self, cfg):
+            runs.append(cfg.trial_id)
+            self.metrics = {"test_acc": 10.0 * len(runs) + 0.123}
+
+    monkeypatch.setattr(card, "run_trial", lambda cfg, context: Record(cfg))
+    store = tmp_path / "card-trials.json"
+    a, b = TrialConfig(seed=1), TrialConfig(seed=2)
+    first = card.Trials(tmp_path, store)
+    assert first(a) == 10.12 and first(a) == 10.12 and first(b) == 20.12
+    # A new measurement with the same store reruns nothing it already holds.
+    again = card.Trials(tmp_path, store)
+    assert again(a) == 10.12 and again(b) == 20.12 and len(runs) == 2
+    assert card.Trials(tmp_path)(a) == 30.12  # no store: nothing remembered
+
+    weights = tmp_path / "w"
+    weights.mkdir()
+    (weights / "open_clip_model.safetensors").write_bytes(b"one")
+    named = card.trials_store(tmp_path, weights)
+    (weights / "open_clip_model.safetensors").write_bytes(b"two")
+    assert named != card.trials_store(tmp_path, weights) and named.parent == tmp_path
