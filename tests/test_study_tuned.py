@@ -200,6 +200,24 @@ def test_version():
     assert result.exit_code == 0 and result.output.strip() == f"ptlab {__version__}"
 
 
+@pytest.mark.parametrize(("epochs", "grace", "factor"), [(3, 1, 2), (50, 5, 3), (10, 1, 3), (28, 3, 3), (9, 2, 2)])
+def test_search_trials_send_the_epochs_ashas_rungs_decide_at_and_no_others(epochs, grace, factor):
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ptlab.study.tuner import _asha, asha_rungs, trial_plan
+
+    spec = validate_study(tuned(train={**TUNED["train"], "epochs": epochs},
+                                search={**TUNED["search"], "asha": {"grace_period": grace, "reduction_factor": factor}}))
+    scheduler = _asha(spec)
+    assert isinstance(scheduler, ASHAScheduler)
+    assert set(asha_rungs(spec)) == {milestone for milestone, _ in scheduler._brackets[0]._rungs}
+    search, reruns = trial_plan(spec, Path("s"), "search"), trial_plan(spec, Path("s"), "rerun")
+    assert [e for e in range(1, epochs + 1) if search.sends(e)] == sorted(asha_rungs(spec))
+    assert not any(reruns.sends(e) for e in range(1, epochs + 1))
+    no_asha = validate_study(tuned(search={**TUNED["search"], "asha": None}))
+    assert all(trial_plan(no_asha, Path("s"), "search").sends(e) for e in range(1, 4))
+
+
 # --- on Ray ------------------------------------------------------------------------------
 
 
