@@ -200,6 +200,24 @@ def test_version():
     assert result.exit_code == 0 and result.output.strip() == f"ptlab {__version__}"
 
 
+@pytest.mark.parametrize(("epochs", "grace", "factor"), [(3, 1, 2), (50, 5, 3), (10, 1, 3), (28, 3, 3), (9, 2, 2)])
+def test_search_trials_send_the_epochs_ashas_rungs_decide_at_and_no_others(epochs, grace, factor):
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ptlab.study.tuner import _asha, asha_rungs, trial_plan
+
+    spec = validate_study(tuned(train={**TUNED["train"], "epochs": epochs},
+                                search={**TUNED["search"], "asha": {"grace_period": grace, "reduction_factor": factor}}))
+    scheduler = _asha(spec)
+    assert isinstance(scheduler, ASHAScheduler)
+    assert set(asha_rungs(spec)) == {milestone for milestone, _ in scheduler._brackets[0]._rungs}
+    search, reruns = trial_plan(spec, Path("s"), "search"), trial_plan(spec, Path("s"), "rerun")
+    assert [e for e in range(1, epochs + 1) if search.sends(e)] == sorted(asha_rungs(spec))
+    assert not any(reruns.sends(e) for e in range(1, epochs + 1))
+    no_asha = validate_study(tuned(search={**TUNED["search"], "asha": None}))
+    assert all(trial_plan(no_asha, Path("s"), "search").sends(e) for e in range(1, 4))
+
+
 # --- on Ray ------------------------------------------------------------------------------
 
 
@@ -373,15 +391,20 @@ def test_resume_after_kill_9_in_each_phase_repeats_and_loses_nothing(tmp_path):
         assert len(told) == spec.search.samples
 
 
-def test_the_default_study_is_the_fixed_grid_and_its_tuned_twin_a_tuned_grid_on_ray_train():
+def test_the_default_study_is_a_tuned_grid_on_ray_train_and_its_fixed_twin_a_grid():
     studies = Path(__file__).resolve().parent.parent / "studies"
-    fixed, tuned_spec = load_study(studies / "noise_grid.yaml"), load_study(studies / "noise_grid_tuned.yaml")
+    tuned_spec, fixed = load_study(studies / "noise_grid.yaml"), load_study(studies / "noise_grid_fixed.yaml")
     assert tuned_spec.kind.name == "tuned_grid" and tuned_spec.runner == "train" and tuned_spec.selection == "val"
     assert "train.lr" in tuned_spec.search.space and tuned_spec.search.asha and len(tuned_spec.seeds) >= 3
     assert set(tuned_spec.factors) == {"noise_type", "noise_rate", "loss"}
-    # the default study stays the quick fixed-lr inline grid, the same cells and seeds as its tuned twin
+    # no two cells train the same thing: without noise both noise types are one clean cell
+    assert 0.0 not in tuned_spec.factors["noise_rate"]
+    # the fixed-lr twin: the tuned grid's cells (and the clean one) and seeds, at the base lr
     assert fixed.kind.name == "grid" and fixed.runner == "inline"
-    assert fixed.factors == tuned_spec.factors and fixed.seeds == tuned_spec.seeds
+    assert set(tuned_spec.factors["noise_rate"]) < set(fixed.factors["noise_rate"])
+    assert {k: v for k, v in fixed.factors.items() if k != "noise_rate"} == \
+        {k: v for k, v in tuned_spec.factors.items() if k != "noise_rate"}
+    assert fixed.seeds == tuned_spec.seeds
     assert fixed.base.with_updates({"train.lr": tuned_spec.base.train.lr}) == fixed.base
-    # the tuned twin validates on enough images to rank its configurations
+    # the default study validates on enough images to rank its configurations
     assert study_warnings(tuned_spec) == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -141,10 +142,12 @@ class TrialPlan:
     cpu: float
     gpu: float
     workers: int
-    # Send every epoch's metrics to Ray, for a searcher or scheduler to act on. A Ray Train
-    # report waits for the controller's next poll, so grids, where nothing listens, send
-    # none; every epoch is in curve.jsonl either way.
+    # Send epochs' metrics to Tune, for a searcher or scheduler to act on; grids, where
+    # nothing listens, send none. Every epoch is in curve.jsonl either way.
     stream_epochs: bool
+    # The epochs sent when streaming, e.g. ASHA's rungs, the only epochs it decides at;
+    # empty: every epoch. Each result sent is a round trip through the Tune driver.
+    send_epochs: tuple[int, ...] = ()
     # A tuned grid's "search" or "rerun" (StudyKind); empty for grids and searches.
     phase: str = ""
     # The study's factor paths: they name a trial's cell, and a tuned grid's search
@@ -163,6 +166,10 @@ class TrialPlan:
 
     def files(self, key: str) -> TrialFiles:
         return TrialFiles(Path(self.study_dir) / "trials" / key)
+
+    def sends(self, epoch: int) -> bool:
+        """Whether the metrics of `epoch` go to Tune."""
+        return self.stream_epochs and (not self.send_epochs or epoch in self.send_epochs)
 
     def cell_id(self, cfg: TrialConfig) -> str:
         from ptlab.study.space import cell_id, cell_of
@@ -191,11 +198,11 @@ def final_result(record: dict[str, Any]) -> dict[str, Any]:
     return {**numbers, "epoch": epochs, FINAL: 1, "status": record["status"]}
 
 
-def execute(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan, send: Callable[[dict], None], writer: bool) -> None:
-    """Run the recipe once; `send` forwards each epoch's metrics to Ray when the plan streams them.
+def execute(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan, send: Callable[[dict], None] | None,
+            writer: bool) -> None:
+    """Run the recipe once; `send`, if given, forwards the epochs the plan sends to Tune.
 
-    Only the writer (rank 0) touches the trial's files; every rank sends,
-    because Ray Train's report is a collective call. The final result is
+    Only the writer (rank 0) touches the trial's files. The final result is
     sent by `run_trial_fn` from the record, for both runners.
     """
     from ptlab.methods import run_trial
@@ -209,7 +216,7 @@ def execute(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan, send: Callable
         row = {**metrics, "epoch": epoch}
         if writer:
             files.append_curve(row)
-        if plan.stream_epochs:
+        if send is not None and plan.sends(epoch):
             send(row)
 
     def log(message: str) -> None:
@@ -237,7 +244,10 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     plan = TrialPlan(**loop_config["plan"])
     cfg = TrialConfig.model_validate(loop_config["trial"])
     rank = ray.train.get_context().get_world_rank()
-    execute(cfg, plan.files(loop_config["key"]), plan, ray.train.report, writer=rank == 0)
+    # No ray.train.report: each one waits for the controller's next poll of the workers,
+    # and relaying it to Tune takes a queue actor (a process) per trial. Tune gets the
+    # epochs from curve.jsonl instead (`_relay_curve`).
+    execute(cfg, plan.files(loop_config["key"]), plan, None, writer=rank == 0)
 
 
 def _train_job(plan: TrialPlan, **options):
@@ -267,7 +277,6 @@ def _train_job(plan: TrialPlan, **options):
 
 def _run_train_job(cfg: TrialConfig, key: str, plan: TrialPlan) -> None:
     import ray.train
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     trainer = _train_job(
         plan,
@@ -282,14 +291,63 @@ def _run_train_job(cfg: TrialConfig, key: str, plan: TrialPlan) -> None:
             # the run's folder, trials/<key>/<study>/<cell>/<seed or sample>, is named like it
             name=plan.run_name(cfg, key),
             storage_path=str(plan.files(key).folder),
-            # The callback relays epochs to Tune through a queue actor of its own; grids
-            # stream none, so they spare that process (`run_trial_fn` sends the final result).
-            callbacks=[TuneReportCallback()] if plan.stream_epochs else [],
             # Tune retries the whole trial (FailureConfig of the study); Train must not retry inside it.
             failure_config=ray.train.FailureConfig(max_failures=0),
         ),
     )
-    trainer.fit()
+    if not plan.stream_epochs:
+        trainer.fit()
+        return
+    failed: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as err:  # raised again in the trial's own thread
+            failed.append(err)
+
+    # daemon: a trial Tune stops ends with its process, the Train job (owned by it) with it
+    job = threading.Thread(target=fit, name="train-job", daemon=True)
+    offset = _size(plan.files(key).curve)
+    job.start()
+    _relay_curve(plan.files(key), plan, offset, job)
+    if failed:
+        raise failed[0]
+
+
+RELAY_POLL_S = 0.05
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _relay_curve(files: TrialFiles, plan: TrialPlan, offset: int, job: threading.Thread) -> None:
+    """Send Tune the epochs the Train job's rank 0 appends to curve.jsonl, until the job ends.
+
+    Lines before `offset` are an earlier attempt's, sent then; a resumed
+    recipe reports again from its checkpoint's epoch on.
+    """
+    from ray import tune
+
+    while True:
+        running = job.is_alive()
+        if _size(files.curve) > offset:
+            with open(files.curve, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next look
+            offset += len(complete)
+            for line in complete.decode().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # joined to the line a killed attempt cut short
+                    continue
+                if plan.sends(int(row["epoch"])):
+                    tune.report(row)
+        if not running:
+            return
+        job.join(RELAY_POLL_S)
 
 
 def run_trial_fn(config: dict[str, Any], plan: TrialPlan) -> None:
@@ -308,7 +366,7 @@ def run_trial_fn(config: dict[str, Any], plan: TrialPlan) -> None:
     files.attempts_file.write_text(str(attempts))
     cfg = plan.config(config)
     if plan.runner == "inline":
-        execute(cfg, files, plan, tune.report, writer=True)
+        execute(cfg, files, plan, tune.report if plan.stream_epochs else None, writer=True)
     else:
         _run_train_job(cfg, key, plan)
     record = files.read_record()

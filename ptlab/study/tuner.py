@@ -64,8 +64,27 @@ def trial_plan(spec: StudySpec, study_dir: Path, phase: str = "") -> TrialPlan:
     r = spec.resources
     searching = spec.kind.searches and phase != RERUN_PHASE
     return TrialPlan(str(study_dir.resolve()), spec.base.canonical(), spec.runner, r.cpu, r.gpu, r.workers,
-                     stream_epochs=searching, phase=phase, cell_fields=tuple(spec.factors), study=spec.name,
-                     sampled=searching, prunes=searching and spec.search.asha is not None)
+                     stream_epochs=searching, send_epochs=asha_rungs(spec) if searching else (), phase=phase,
+                     cell_fields=tuple(spec.factors), study=spec.name, sampled=searching,
+                     prunes=searching and spec.search.asha is not None)
+
+
+def asha_rungs(spec: StudySpec) -> tuple[int, ...]:
+    """The epochs at which ASHA compares a search's trials; empty without ASHA.
+
+    Ray's ASHA (one bracket) has a rung at grace_period x reduction_factor^k
+    for every k that keeps it within max_t (`_asha`), and acts on no other
+    epoch, so those are the only epochs a trial needs to send.
+    """
+    asha = spec.search.asha if spec.kind.searches else None
+    if not asha:
+        return ()
+    max_t = max(spec.base.train.epochs - 1, asha.grace_period)
+    rungs, epoch = [], asha.grace_period
+    while epoch <= max_t:
+        rungs.append(epoch)
+        epoch *= asha.reduction_factor
+    return tuple(rungs)
 
 
 def _trial_dirname(trial) -> str:
