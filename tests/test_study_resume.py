@@ -151,13 +151,16 @@ def test_resume_after_the_driver_is_killed_loses_and_duplicates_nothing(random_t
             if trials.is_dir() else []
         return (done, running) if done and running else None
 
-    done, running = wait_for(mid_study, 600, "one trial done and one part-way", driver)
     # every port of the cluster the study started (GCS, raylet, object manager, workers,
-    # metrics and dashboard agents) on loopback; printed for the closing note's socket list
+    # metrics and dashboard agents) on loopback, listed once trials run; printed for the
+    # closing note's socket list. Listed before the kill point is awaited: listing takes
+    # seconds, long enough on a busy machine for the trial caught part-way to finish.
+    wait_for(lambda: trials.is_dir() and any(trials.glob("*/checkpoint.pt")), 600, "a trial's first checkpoint", driver)
     sockets = listening_sockets(session_processes(driver.proc.pid))
     print("listening sockets of the running study:", *sorted(sockets), sep="\n  ")
     assert {"gcs_server", "raylet", "ray::DashboardA"} <= {name for _, name in sockets}, sockets
     assert [s for s in sockets if not is_loopback(s[0])] == []
+    done, running = wait_for(mid_study, 600, "one trial done and one part-way", driver)
     # The driver and every process of its session, the Ray cluster it started included, die at
     # once, as in a crash: trial processes outlive a driver killed alone by a few seconds, long
     # enough for the trial caught part-way to finish.
