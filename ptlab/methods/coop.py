@@ -30,7 +30,8 @@ def prompt_design(cfg: TrialConfig) -> PromptDesign:
         ctx_init=cfg.ctx_init,
         position=cfg.class_token_position,
         csc=cfg.csc,
-        learn_context=bool(cfg.method_options.get("learn_context", True)),
+        # a method that learns no prompt (zeroshot_mcm) has no learn_context option
+        learn_context=getattr(cfg.options, "learn_context", True),
         learn_classnames=cfg.learn_classnames,
     )
 

@@ -179,7 +179,7 @@ class StudySpec(Frozen):
 
     def as_run(self) -> dict[str, Any]:
         """The spec as it runs: every base field spelled out, with its hash and planned trial count."""
-        base = guards.without_paths(self.base.canonical(), ["seed", "method", *self.factors])
+        base = guards.without_paths(self.base.model_dump(mode="json"), ["seed", "method", *self.factors])
         out: dict[str, Any] = {"name": self.name}
         if self.description:
             out["description"] = self.description
@@ -460,7 +460,7 @@ def _check_cells(spec: StudySpec, issues: _Issues) -> None:
 
 
 def _check_search(spec: StudySpec, issues: _Issues) -> None:
-    from ptlab.methods import METHOD_METRICS
+    from ptlab.methods.registry import METHODS
 
     search = spec.search
     for path, dist in search.space.items():
@@ -478,10 +478,10 @@ def _check_search(spec: StudySpec, issues: _Issues) -> None:
                 issues.add(("search", "space", path, dist.kind), problem)
     methods = spec.factors.get("method", [spec.method])
     for method in methods:
-        produced = METHOD_METRICS.get(method, ())
-        if method in METHOD_METRICS and search.metric not in produced:
+        produced = METHODS[method].metrics if method in METHODS else ()
+        if method in METHODS and search.metric not in produced:
             issues.add(("search", "metric"), f"{search.metric!r} is not produced by method {method}; allowed: {', '.join(produced)}")
-        elif method in METHOD_METRICS and spec.kind.reruns and spec.selection_metric not in produced:
+        elif method in METHODS and spec.kind.reruns and spec.selection_metric not in produced:
             issues.add(("selection",), f"oracle selection ranks by {spec.selection_metric!r}, which method {method} "
                                        f"does not produce; use selection: val or a search.metric with a test twin")
     if spec.kind.reruns:

@@ -63,7 +63,7 @@ def trial_slots(spec: StudySpec, connection: RayConnection) -> int:
 def trial_plan(spec: StudySpec, study_dir: Path, phase: str = "") -> TrialPlan:
     r = spec.resources
     searching = spec.kind.searches and phase != RERUN_PHASE
-    return TrialPlan(str(study_dir.resolve()), spec.base.canonical(), spec.runner, r.cpu, r.gpu, r.workers,
+    return TrialPlan(str(study_dir.resolve()), spec.base.model_dump(mode="json"), spec.runner, r.cpu, r.gpu, r.workers,
                      stream_epochs=searching, phase=phase, cell_fields=tuple(spec.factors), study=spec.name,
                      sampled=searching)
 
