@@ -459,6 +459,44 @@ def _check_cells(spec: StudySpec, issues: _Issues) -> None:
                                  "change the factor values so every combination is valid")
 
 
+def _check_unread(spec: StudySpec, written: dict[str, Path_], issues: _Issues) -> None:
+    """A field or method option the study sets that none of its trials reads: an error, not a silent no-op."""
+    from ptlab.methods.registry import LOSS_PARAMS, METHODS, OPTIONAL_FIELDS
+
+    methods = [METHODS[m] for m in dict.fromkeys(spec.factors.get("method", [spec.method])) if m in METHODS]
+    losses = set(spec.factors.get("loss", [spec.base.loss]))
+    if spec.search and "loss" in spec.search.space:
+        losses |= set(spec.search.space["loss"].probe_values())
+    for path, where in written.items():
+        top, _, option = path.partition(".")
+        if top == "method_options" and option:
+            if not any(option in m.option_names() for m in methods):
+                takes = "; ".join(f"{m.name}: {', '.join(sorted(m.option_names())) or 'none'}" for m in methods)
+                issues.add(where, f"no method of this study takes option {option!r} ({takes}); remove it or fix its name")
+        elif path in OPTIONAL_FIELDS and not any(path in m.uses for m in methods):
+            issues.add(where, f"method {', '.join(m.name for m in methods)} does not read {path}; remove it "
+                              "(a field a method ignores would only make trials that compute the same thing)")
+        elif any(path in params.values() for params in LOSS_PARAMS.values()) and any(path in m.uses for m in methods):
+            owners = [name for name, params in LOSS_PARAMS.items() if path in params.values()]
+            if not losses & set(owners):
+                issues.add(where, f"{path} is a parameter of loss {' or '.join(owners)}, which no trial of this study "
+                                  f"uses (losses: {', '.join(sorted(map(str, losses)))}); remove it or set loss")
+
+
+def _written_fields(study: dict, spec: StudySpec) -> dict[str, Path_]:
+    """Trial fields the study sets, by full path, with where they are written."""
+    written: dict[str, Path_] = {}
+    for key, value in study["base"].items():
+        if key == "method_options" and isinstance(value, dict):
+            written.update({f"method_options.{k}": (key, k) for k in value})
+        elif key != "method":
+            written[key] = (key,)
+    written.update({path: ("factors", path) for path in spec.factors if path != "method"})
+    if spec.search:
+        written.update({path: ("search", "space", path) for path in spec.search.space})
+    return written
+
+
 def _check_search(spec: StudySpec, issues: _Issues) -> None:
     from ptlab.methods.registry import METHODS
 
@@ -567,6 +605,7 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
 
     if len(set(spec.seeds)) != len(spec.seeds):
         issues.add(("seeds",), "a seed is listed twice")
+    _check_unread(spec, _written_fields(study, spec), issues)
     if _check_factors(spec, issues) and spec.kind.has_cells:
         _check_cells(spec, issues)
     if spec.kind.searches:
