@@ -62,12 +62,14 @@ def trial_run(
     from ptlab.methods.base import TrialContext
     from ptlab.models.backbone import BackboneError
     from ptlab.resources import size_torch_threads
+    from ptlab.yamlfile import read_mapping
 
     try:
+        data, _ = read_mapping(config, "trial config", "a mapping of fields (method, backbone, dataset, ...)", ConfigError)
+        _check_names(data, config)
         cfg = load_trial_config(config)
     except ConfigError as err:
         _fail(str(err))
-    _check_names(cfg, config)
 
     def report(epoch: int, metrics: dict) -> None:
         if not quiet:
@@ -89,23 +91,24 @@ def trial_run(
         output.write_text(json.dumps(asdict(record), indent=2, default=str))
 
 
-def _check_names(cfg, config: Path) -> None:
+def _check_names(data: dict, config: Path) -> None:
     """Method, backbone and dataset names a trial config may misspell, refused before anything loads."""
-    import difflib
-
-    from ptlab.methods import METHODS
+    from ptlab.config import ConfigError, TrialConfig
+    from ptlab.methods.registry import UnknownMethod, method_of
     from ptlab.study.spec import backbone_problem, dataset_problem
 
+    names = {field: data.get(field, TrialConfig.model_fields[field].default) for field in ("method", "backbone", "dataset")}
     problems = []
-    if cfg.method not in METHODS:
-        near = difflib.get_close_matches(cfg.method, list(METHODS), n=1)
-        hint = f"did you mean {near[0]!r}? " if near else ""
-        problems.append(f"field method: unknown method {cfg.method!r}; {hint}allowed: {', '.join(sorted(METHODS))}")
-    for field, problem in (("backbone", backbone_problem(cfg.backbone)), ("dataset", dataset_problem(cfg.dataset))):
+    try:
+        method_of(str(names["method"]))
+    except UnknownMethod as err:
+        problems.append(f"field method: {err}")
+    for field, check in (("backbone", backbone_problem), ("dataset", dataset_problem)):
+        problem = check(names[field]) if isinstance(names[field], str) else None
         if problem:
             problems.append(f"field {field}: {problem}")
     if problems:
-        _fail("\n".join([f"{config}: invalid trial config", *(f"  {p}" for p in problems)]))
+        raise ConfigError("\n".join([f"{config}: invalid trial config", *(f"  {p}" for p in problems)]))
 
 
 @world_app.command("pretrain")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ptlab.yamlfile import read_mapping
 
@@ -98,11 +98,63 @@ class TrialConfig(Frozen):
             raise ValueError("noise_rate > 0 needs a noise_type (symmetric, pair, confusion, ptnl or ptnl_distinct)")
         return self
 
+    @field_validator("method")
+    @classmethod
+    def _method_is_registered(cls, method: str) -> str:
+        from ptlab.methods.registry import UnknownMethod, method_of
+
+        try:
+            method_of(method)
+        except UnknownMethod as err:
+            raise ValueError(str(err)) from None
+        return method
+
+    @field_validator("method_options")
+    @classmethod
+    def _method_takes_its_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from ptlab.methods.registry import method_of
+
+        if "method" not in info.data:  # the method itself is invalid, and reported as such
+            return options
+        method = method_of(info.data["method"])
+        try:
+            method.options.model_validate(options)
+        except ValidationError as err:
+            problems = "; ".join(f"option {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ValueError(f"{problems} (method {method.name} takes: "
+                             f"{', '.join(sorted(method.option_names())) or 'no options'})") from None
+        return options
+
+    @property
+    def options(self):
+        """The method's options as its typed model (ptlab.methods.registry)."""
+        from ptlab.methods.registry import method_of
+
+        return method_of(self.method).options.model_validate(self.method_options)
+
     def __hash__(self) -> int:
         return hash(self.trial_id)
 
     def canonical(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The config as its method reads it: options set away from their defaults, fields it never reads at theirs.
+
+        Trials that compute the same thing thus have one canonical form and one
+        hash, whatever was written for fields that play no part in them. It is
+        the trial's identity only: records, results and the trials themselves
+        carry the config as written (model_dump), so a report shows what the
+        study set, an option at its default included.
+        """
+        from ptlab.methods.registry import LOSS_PARAMS, METHODS, OPTIONAL_FIELDS
+
+        method = METHODS[self.method]
+        data = self.model_dump(mode="json")
+        data["method_options"] = self.options.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        unread = OPTIONAL_FIELDS - method.uses
+        if "loss" in method.uses:
+            unread |= {f for name, params in LOSS_PARAMS.items() if name != self.loss for f in params.values()}
+        for name in unread:
+            data[name] = type(self).model_fields[name].get_default(call_default_factory=True)
+        return data
 
     @property
     def trial_id(self) -> str:
@@ -112,7 +164,14 @@ class TrialConfig(Frozen):
 
     def with_updates(self, updates: dict[str, Any]) -> TrialConfig:
         """A copy with dotted-path updates applied, e.g. {"train.lr": 0.01, "gce_q": 0.5}."""
-        data = self.canonical()
+        # as written, not canonical: a field this method ignores may matter to the method an update names
+        data = self.model_dump(mode="json")
+        if updates.get("method", self.method) != self.method:
+            # the options of the method being left are not the new one's to judge
+            from ptlab.methods.registry import METHODS
+
+            taken = METHODS[updates["method"]].option_names() if updates["method"] in METHODS else set()
+            data["method_options"] = {k: v for k, v in data["method_options"].items() if k in taken}
         for path, value in updates.items():
             node = data
             *parents, leaf = path.split(".")

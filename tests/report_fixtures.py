@@ -51,7 +51,7 @@ def trial_row(config: dict[str, Any], metrics: dict[str, Any], status: str = "co
         "tune_trial_id": f"tune-{cfg.trial_id}",
         "status": status,
         "error": error,
-        **_flatten(cfg.canonical()),
+        **_flatten(cfg.model_dump(mode="json")),
         **metrics,
         "wall_s": 30.0,
         "recipe_s": 25.0,
@@ -273,7 +273,7 @@ ENSEMBLE_GAIN = 2.0  # an ensemble's accuracy over its members' mean, in upl_stu
 def ensemble_row(members: list[dict]) -> dict:
     """A seed ensemble's row as the study stores it (ptlab.methods.ensemble.ensemble_rows), from its members' rows."""
     first = members[0]
-    config_columns = set(_flatten(TrialConfig().canonical())) - {"seed"}
+    config_columns = set(_flatten(TrialConfig().model_dump(mode="json"))) - {"seed"}
     row = {k: v for k, v in first.items() if k in config_columns}
     ids = ",".join(m["trial_id"] for m in members)
     mean = {k: sum(m[k] for m in members) / len(members) for k in ("test_acc", "pseudo_label_acc", "zeroshot_acc")}

@@ -27,7 +27,7 @@ def test_noise_rate_needs_a_noise_type():
 
 def test_trial_id_is_a_content_hash_and_updates_follow_dotted_paths():
     a = TrialConfig()
-    b = a.with_updates({"train.lr": 0.01, "gce_q": 0.5})
+    b = a.with_updates({"train.lr": 0.01, "loss": "gce", "gce_q": 0.5})
     assert b.train.lr == 0.01 and b.gce_q == 0.5 and a.train.lr == 0.002
     assert a.trial_id != b.trial_id and TrialConfig().trial_id == a.trial_id
 

@@ -14,7 +14,8 @@ from ptlab.config import TrialConfig
 from ptlab.losses import agcl_loss
 from ptlab.methods import run_trial
 from ptlab.methods.base import TrialContext
-from ptlab.methods.lpt import LPTOptions, PixelFeed, PromptOptions, stage1_key
+from ptlab.methods.lpt import PixelFeed, stage1_key
+from ptlab.methods.registry import PromptOptions
 from ptlab.models.backbone import BackboneError, load_backbone
 from ptlab.models.vpt import PromptedViT, PromptPool, TimmTower, load_vision_tower
 
@@ -176,17 +177,17 @@ def _config(tiny_vit, method, **options) -> TrialConfig:
 
 def test_stage1_key_ignores_stage2_settings_only(tiny_vit):
     cfg = _config(tiny_vit, "lpt")
-    key = stage1_key(cfg, LPTOptions.of(cfg))
+    key = stage1_key(cfg, cfg.options)
     for same in ({"pool_size": 5}, {"top_k": 1}, {"sampling": "instance"}, {"eta": 0.1}, {"workers": 2}):
         other = cfg.with_updates({"method_options": same})
-        assert stage1_key(other, LPTOptions.of(other)) == key
+        assert stage1_key(other, other.options) == key
     for different in ({"prompt_len": 3}, {"agcl": False}, {"stage1_epochs": 3}):
         other = cfg.with_updates({"method_options": different})
-        assert stage1_key(other, LPTOptions.of(other)) != key
+        assert stage1_key(other, other.options) != key
     other = cfg.with_updates({"train.epochs": 4})  # stage 1 runs train.epochs unless stage1_epochs is set
-    assert stage1_key(other, LPTOptions.of(other)) != key
+    assert stage1_key(other, other.options) != key
     pinned = cfg.with_updates({"method_options": {"stage1_epochs": 1}})
-    assert stage1_key(pinned.with_updates({"train.epochs": 4}), LPTOptions.of(pinned)) == stage1_key(pinned, LPTOptions.of(pinned))
+    assert stage1_key(pinned.with_updates({"train.epochs": 4}), pinned.options) == stage1_key(pinned, pinned.options)
 
 
 def test_vpt_and_lpt_train_report_shot_groups_and_share_stage1(tiny_vit, tmp_path):
@@ -207,7 +208,7 @@ def test_vpt_and_lpt_train_report_shot_groups_and_share_stage1(tiny_vit, tmp_pat
 
 
 def test_bad_options_and_confusion_noise_are_refused(tiny_vit, tmp_path):
-    with pytest.raises(ValueError, match="known: prompt_len"):
+    with pytest.raises(ValueError, match="method vpt takes: .*prompt_len"):
         run_trial(_config(tiny_vit, "vpt", pool_size=3), TrialContext(cache_dir=tmp_path))
     noisy = _config(tiny_vit, "vpt").with_updates({"noise_type": "confusion", "noise_rate": 0.25})
     with pytest.raises(ValueError, match="confusion noise"):

@@ -201,18 +201,18 @@ def test_load_study_needs_a_study_folder(tmp_path):
 def test_method_options_stored_as_json_become_columns(tmp_path):
     rows = [
         trial_row(
-            {"method": "upl", "method_options.selection": selection, "method_options.k": 16, "seed": seed},
+            {"method": "ueo", "method_options.weights": weights, "method_options.lambda": 0.5, "seed": seed},
             {"test_acc": 70.0 + seed},
         )
-        for selection in ("confident", "random")
+        for weights in ("mcm", "uniform")
         for seed in (1, 2)
     ]
     study = load_study(write_study(tmp_path / "s", {"name": "s"}, rows))
     assert "method_options" not in study.trials.columns
-    assert study.trials["method_options.k"].to_list() == [16] * 4
-    assert study.keys == ["method_options.selection"]
+    assert study.trials["method_options.lambda"].to_list() == [0.5] * 4
+    assert study.keys == ["method_options.weights"]
     cells = cell_summary(study.trials, study.keys, study.metrics)
-    assert cells["method_options.selection"].to_list() == ["confident", "random"]
+    assert cells["method_options.weights"].to_list() == ["mcm", "uniform"]
 
 
 def test_seed_ensembles_are_cells_of_their_own_but_not_trials(tmp_path):

@@ -243,9 +243,9 @@ def test_a_trial_killed_for_memory_is_recorded_failed_with_that_cause(tmp_path):
     trial = spec.trials()[0]
     ray_text = ("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.\n"
                 "Memory on the node was 22.5GB / 23.5GB (0.957), which exceeds the memory usage threshold of 0.95.")
-    found = outcome(plan, "k0", {"trial": trial.config.canonical()}, {}, ray_text)
+    found = outcome(plan, "k0", {"trial": trial.config.model_dump(mode="json")}, {}, ray_text)
     assert found.status == "failed" and found.error.startswith("out of memory: ray.exceptions.OutOfMemoryError")
-    other = outcome(plan, "k1", {"trial": trial.config.canonical()}, {}, "ValueError: bad")
+    other = outcome(plan, "k1", {"trial": trial.config.model_dump(mode="json")}, {}, "ValueError: bad")
     assert other.error == "ValueError: bad"
 
 
@@ -298,7 +298,7 @@ def test_a_grid_trial_whose_record_never_reached_the_driver_is_failed_not_pruned
     spec = _edited()
     assert spec.search is None
     trial = spec.trials()[0]
-    found = outcome(trial_plan(spec, tmp_path), "k0", {"trial": trial.config.canonical()},
+    found = outcome(trial_plan(spec, tmp_path), "k0", {"trial": trial.config.model_dump(mode="json")},
                     {"final": 1, "epoch": 2, "test_acc": 0.5}, None)
     assert found.status == "failed"
     assert str(tmp_path / "trials" / "k0" / "record.json") in found.error and "every node" in found.error

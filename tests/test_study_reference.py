@@ -32,7 +32,7 @@ def test_one_zero_shot_per_backbone_data_and_template():
 
 def test_no_reference_where_zero_shot_does_not_apply():
     assert reference_configs(spec(factors={"method": ["coop", "zeroshot"]})) == []
-    assert reference_configs(spec(method="ueo", factors={"data.scenario": ["open", "closed"]})) == []
+    assert reference_configs(spec(method="ueo", noise_type=None, factors={"data.scenario": ["open", "closed"]})) == []
     assert reference_configs(spec(method="vpt", backbone="timm:vit_tiny_patch16_224", factors={"noise_rate": [0.0]})) == []
 
 

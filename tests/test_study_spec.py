@@ -190,6 +190,17 @@ CATALOGUE = [
      "factors.device[1]", ["'tpu': unknown device"]),
     ("template without the class name", edit(GOOD, "shots: 4", "shots: 4\ntemplate: a photo of a thing."), "template:",
      "template", ["slot {}", "'a photo of a {}.'"]),
+    # settings no trial of the study reads, refused rather than hashed into trials that compute the same thing
+    ("option no method takes", edit(GOOD, "shots: 4", "shots: 4\nmethod_options: {lamda: 1.0}"), "method_options:",
+     "method_options", ["option lamda", "method coop takes: grad_ratio", "learn_context"]),
+    ("parameter of a loss the study never uses", edit(GOOD, "shots: 4", "shots: 4\nsce_alpha: 0.5"), "sce_alpha:",
+     "sce_alpha", ["parameter of loss sce", "losses: ce, gce", "remove it or set loss"]),
+    ("field the method never reads", edit(edit(GOOD, "method: coop", "method: linear_probe"), "shots: 4",
+                                          "shots: 4\nn_ctx: 8"), "n_ctx: 8", "n_ctx",
+     ["method linear_probe does not read n_ctx", "remove it"]),
+    ("searched field the method never reads", edit(edit(SEARCH, "method: coop", "method: zeroshot"),
+                                                   "{lr: {log_uniform: [1.0e-4, 1.0e-1]}}", "{n_ctx: {int: [2, 8]}}"),
+     "space:", "search.space.n_ctx", ["does not read n_ctx"]),
     ("template with two class names", edit(GOOD, "shots: 4", "shots: 4\ntemplate: '{} and {}'"), "template:",
      "template", ["exactly once"]),
 ]
@@ -323,7 +334,7 @@ def test_cli_validate(tmp_path):
     assert "4 cells x 2 seeds" in ok.output and "planned trials: 8" in ok.output
     failed = runner.invoke(app, ["study", "validate", str(bad)])
     assert failed.exit_code == 2
-    assert f"{bad}:2: field method: unknown method 'coopp'" in failed.output
+    assert f"{bad}:2: field method: 'coopp': unknown method 'coopp'; did you mean 'coop'?" in failed.output
 
 
 def test_cli_dry_run_runs_nothing(tmp_path):

@@ -18,10 +18,10 @@ from ptlab.study.trial import TrialFiles
 
 
 def outcome(key: str, seed: int = 1, status: str = "completed", epochs: int = 3) -> TrialOutcome:
-    cfg = TrialConfig(seed=seed, noise_type="symmetric", noise_rate=0.25, method_options={"alpha": 0.5})
+    cfg = TrialConfig(seed=seed, noise_type="symmetric", noise_rate=0.25, method_options={"grad_ratio_samples": 32})
     curve = [{"epoch": e, "train_loss": 2.0 / e, "val_acc": 10.0 * e} for e in range(1, epochs + 1)]
     return TrialOutcome(
-        key=key, trial_id=cfg.trial_id, cell_id=cell_id(cfg), status=status, config=cfg.canonical(),
+        key=key, trial_id=cfg.trial_id, cell_id=cell_id(cfg), status=status, config=cfg.model_dump(mode="json"),
         metrics={"test_acc": 71.5, "val_acc": 30.0, "epochs_done": epochs, "loss": 0.5},
         curve=curve, timings={"wall_s": 12.5, "recipe_s": 10.0, "attempts": 1, "finished_at": 1.7e9},
         provenance={"ptlab": "0.1.0", "torch": "2.x", "open_clip": "3.x", "ray": "2.60.0", "git_commit": "abc"},
@@ -36,7 +36,7 @@ def test_row_flattens_config_and_keeps_every_contract_column(tmp_path):
                    "epochs_done", "ptlab_version", "torch_version", "open_clip_version", "ray_version", "git_commit"):
         assert column in row
     assert row["train.lr"] == 0.002 and row["data.domain"] == "photo" and row["noise_rate"] == 0.25
-    assert json.loads(row["method_options"]) == {"alpha": 0.5}
+    assert json.loads(row["method_options"]) == {"grad_ratio_samples": 32}
     assert json.loads(row["train.crop_scale"]) == [0.08, 1.0]
     assert TrialConfig.model_validate(json.loads(row["config_json"])).trial_id == row["trial_id"]
     # a metric named like a config column does not overwrite the config
@@ -47,7 +47,7 @@ def test_row_flattens_config_and_keeps_every_contract_column(tmp_path):
 def test_cell_id_ignores_the_seed_only():
     a, b = outcome("a", seed=1), outcome("b", seed=2)
     assert a.cell_id == b.cell_id and a.trial_id != b.trial_id
-    other = TrialConfig(seed=1, noise_type="symmetric", noise_rate=0.5, method_options={"alpha": 0.5})
+    other = TrialConfig(seed=1, noise_type="symmetric", noise_rate=0.5, method_options={"grad_ratio_samples": 32})
     assert cell_id(other) != a.cell_id
 
 

@@ -98,7 +98,7 @@ def store_search_rows(study_dir: Path, spec, rows: list[tuple[float, str, float 
             metrics = {k: v for k, v in (("val_acc", val), ("test_acc", test)) if v is not None}
             ResultStore(study_dir).add(TrialOutcome(
                 key=f"{cell_label(cell)}_{i:05d}", trial_id=cfg.trial_id, cell_id=plan.cell_id(cfg), status=status,
-                config=cfg.canonical(), metrics={**metrics, "epochs_done": 3}, curve=[], phase=SEARCH_PHASE))
+                config=cfg.model_dump(mode="json"), metrics={**metrics, "epochs_done": 3}, curve=[], phase=SEARCH_PHASE))
 
 
 def cell_label(cell):

@@ -64,9 +64,9 @@ def test_default_norm_parameters_are_the_released_list(source):
     assert set(default) == _released_norm_names(visual)
     if source != "tiny-vit":
         assert len(norm_parameters(visual, include_downsample_bn=True)) == len(default) + 8  # 4 downsample BNs
-    from ptlab.methods.ueo import UeoOptions
+    from ptlab.methods.ueo import Objective
 
-    assert not UeoOptions.from_config(TrialConfig(method="ueo")).include_downsample_bn
+    assert not Objective.from_config(TrialConfig(method="ueo")).include_downsample_bn
 
 
 def test_norm_parameters_of_both_encoders():

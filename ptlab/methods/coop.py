@@ -18,6 +18,7 @@ from ptlab.data.sources import class_counts
 from ptlab.losses import make_loss
 from ptlab.methods.base import TrialContext, TrialRecord, sanity_status, shot_group_metrics, shot_group_sizes
 from ptlab.methods.gradient_ratio import GradientRatioProbe
+from ptlab.methods.registry import loss_params
 from ptlab.methods.schedule import epoch_lr, make_optimizer, set_lr
 from ptlab.methods.supervision import SupervisedSetup, prepare_supervised
 from ptlab.metrics import accuracy, mean_per_class_accuracy, per_class_accuracy
@@ -30,15 +31,14 @@ def prompt_design(cfg: TrialConfig) -> PromptDesign:
         ctx_init=cfg.ctx_init,
         position=cfg.class_token_position,
         csc=cfg.csc,
-        learn_context=bool(cfg.method_options.get("learn_context", True)),
+        # a method that learns no prompt (zeroshot_mcm) has no learn_context option
+        learn_context=getattr(cfg.options, "learn_context", True),
         learn_classnames=cfg.learn_classnames,
     )
 
 
 def loss_for(cfg: TrialConfig, reduction: str = "mean"):
-    params = {"gce": {"q": cfg.gce_q}, "sce": {"alpha": cfg.sce_alpha, "beta": cfg.sce_beta},
-              "nce_rce": {"alpha": cfg.nce_alpha, "beta": cfg.nce_beta}}.get(cfg.loss, {})
-    return make_loss(cfg.loss, reduction=reduction, **params)
+    return make_loss(cfg.loss, reduction=reduction, **loss_params(cfg.loss, lambda field: getattr(cfg, field)))
 
 
 class TrainingLoop:
@@ -158,7 +158,7 @@ def trial_record(
     metrics.update(extra or {})
     details = {"per_class_acc": (100 * per_class_accuracy(test_pred, s.test_labels, s.n_classes)).tolist()}
     status = sanity_status(metrics, [{"loss": c["train_loss"]} for c in curves if "train_loss" in c], s.n_classes)
-    return TrialRecord(cfg.trial_id, cfg.canonical(), metrics, curves, status, details=details)
+    return TrialRecord(cfg.trial_id, cfg.model_dump(mode="json"), metrics, curves, status, details=details)
 
 
 class PromptClassifier(torch.nn.Module):

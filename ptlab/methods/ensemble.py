@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from ptlab.config import TrialConfig
+from ptlab.methods.registry import METHODS
 from ptlab.metrics import accuracy, mean_per_class_accuracy
 
 LOGITS_FILE = "test_logits.npz"
 # Methods whose trials save test logits, so that they can be ensembled.
-ENSEMBLE_METHODS = ("upl", "robust_upl")
+ENSEMBLE_METHODS = tuple(name for name, method in METHODS.items() if method.seed_ensembles)
 # Properties of the members' training sets, which an ensemble row carries as their mean.
 CARRIED = ("pseudo_label_acc", "pseudo_label_classes", "zeroshot_acc", "noise_realised", "train_size")
 
@@ -121,7 +122,7 @@ def _flat_paths(tree: dict[str, Any], prefix: str = "") -> set[str]:
 
 
 # method_options is an open mapping that results tables keep as one JSON column.
-CONFIG_COLUMNS = frozenset(_flat_paths(TrialConfig().canonical()) - {"seed"} | {"method_options"})
+CONFIG_COLUMNS = frozenset(_flat_paths(TrialConfig().model_dump(mode="json")) - {"seed"} | {"method_options"})
 
 
 def _is_config(column: str) -> bool:

@@ -19,8 +19,7 @@ import torch
 
 from ptlab.config import TrialConfig
 from ptlab.data.fewshot import lowest_keys_per_class, random_keys, seeded_generator
-
-GROUP_SIZE = 64  # samples per group, as in the paper
+from ptlab.methods.registry import GRAD_RATIO_GROUP
 
 
 def gradient_norm(model: torch.nn.Module, loss_fn, features: torch.Tensor, labels: torch.Tensor) -> float:
@@ -53,7 +52,7 @@ class GradientRatioProbe:
     draws fresh augmented views, as training does.
     """
 
-    def __init__(self, setup, seed: int, group_size: int = GROUP_SIZE):
+    def __init__(self, setup, seed: int, group_size: int = GRAD_RATIO_GROUP):
         self.setup, self.seed = setup, seed
         wrong = np.asarray(setup.train.is_noisy)
         n = min(group_size, int(wrong.sum()), int((~wrong).sum()))
@@ -70,9 +69,10 @@ class GradientRatioProbe:
     @classmethod
     def for_trial(cls, cfg: TrialConfig, setup, log: Callable[[str], None]) -> GradientRatioProbe | None:
         """The probe when `method_options.grad_ratio` asks for it and both groups have samples."""
-        if not cfg.method_options.get("grad_ratio", False):
+        options = cfg.options
+        if not options.grad_ratio:
             return None
-        probe = cls(setup, cfg.seed, int(cfg.method_options.get("grad_ratio_samples", GROUP_SIZE)))
+        probe = cls(setup, cfg.seed, options.grad_ratio_samples)
         if probe.size == 0:
             log("grad_ratio: the training set has no clean or no mislabelled sample; nothing to measure")
             return None

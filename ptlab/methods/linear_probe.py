@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from ptlab.config import TrialConfig
 from ptlab.methods.base import TrialContext, TrialRecord
 from ptlab.methods.coop import trial_record
+from ptlab.methods.registry import LinearProbeOptions
 from ptlab.methods.supervision import prepare_supervised
 from ptlab.metrics import accuracy
 
 COARSE_LOG10_C = (-6, -4, -2, 0, 2, 4, 6)
-SEARCH_STEPS = 8
 MAX_ITER = 1000
 # Far below scikit-learn's 1e-4: the test is on the absolute gradient, and with
 # features of small norm the gradient at the zero start is already below 1e-4.
@@ -77,7 +77,7 @@ def fit_logistic_regression(
     return LogisticRegression(scale * v.detach(), bias.detach())
 
 
-def search_log10_c(val_accuracy: Callable[[float], float], steps: int = SEARCH_STEPS) -> tuple[float, dict[float, float]]:
+def search_log10_c(val_accuracy: Callable[[float], float], steps: int = LinearProbeOptions.model_fields["search_steps"].default) -> tuple[float, dict[float, float]]:
     """The log10 C of best validation accuracy, and every log10 C tried with its accuracy."""
     tried: dict[float, float] = {}
 
@@ -114,7 +114,7 @@ def run(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
         fits[c] = fit_logistic_regression(train_x, train_y, setup.n_classes, c)
         return 100 * accuracy(fits[c].predict(val_x), setup.val_labels)
 
-    steps = int(cfg.method_options.get("search_steps", SEARCH_STEPS))
+    steps = cfg.options.search_steps
     log_c, tried = search_log10_c(val_accuracy, steps)
     probe = fits[10.0**log_c]
     train_pred = probe.predict(train_x)

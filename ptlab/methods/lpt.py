@@ -50,11 +50,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ptlab.config import TrialConfig
 from ptlab.data.features import eval_transform, train_transform
@@ -65,64 +63,14 @@ from ptlab.data.sources import DatasetBundle, Split, class_counts, load_dataset
 from ptlab.losses import agcl_loss
 from ptlab.methods.base import TrialContext, TrialRecord, sanity_status, shot_group_metrics, shot_group_sizes
 from ptlab.methods.coop import loss_for
+from ptlab.methods.registry import LPTOptions, PromptOptions, Sampling
 from ptlab.methods.schedule import epoch_lr, make_optimizer, set_lr
 from ptlab.methods.supervision import noisy_training_set
-from ptlab.metrics import FEW_SHOT_AT_MOST, MANY_SHOT_ABOVE, accuracy, mean_per_class_accuracy, per_class_accuracy
+from ptlab.metrics import FEW_SHOT_AT_MOST, accuracy, mean_per_class_accuracy, per_class_accuracy
 from ptlab.models.vpt import PromptedViT, load_vision_tower
 
 STAGE1_FORMAT = 2  # bump when stage-1 training changes what it computes (2: feature dropout, release transforms)
 EVAL_BATCH = 256
-Sampling = Literal["instance", "class_balanced", "dual"]
-
-
-class PromptOptions(BaseModel):
-    """method_options of vpt (and, with LPTOptions' additions, of lpt)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    prompt_len: int = Field(10, ge=0)  # P tokens per block
-    scale: float = Field(20.0, gt=0)  # cosine classifier scale s
-    agcl: bool = False
-    margin: float = Field(0.1, ge=0)  # A-GCL target margin
-    noise_mul: float = Field(0.5, ge=0)  # A-GCL cloud size
-    smoothing: float = Field(0.1, ge=0, lt=1)
-    gamma_pos: float = Field(0.0, ge=0)
-    gamma_neg: float = Field(4.0, ge=0)
-    sampling: Sampling = "instance"  # lpt: of stage 2
-    per_class: int = Field(4, ge=1)  # images per drawn class in class-balanced batches
-    eta: float = Field(0.5, ge=0)  # dual sampling: initial weight of the instance-balanced batch
-    gamma_pos_ib: float = Field(0.5, ge=0)
-    gamma_neg_ib: float = Field(8.0, ge=0)
-    workers: int = Field(0, ge=0)  # image-decoding processes; results do not depend on it
-    feature_dropout: float = Field(0.1, ge=0, lt=1)  # on the feature before the cosine classifier, training only
-    # release: resize to 256 x 256 and centre-crop 224, bilinear, bilinear training crops (LPT's code);
-    # clip: ptlab's CLIP views (shorter side 224, crop 224, bicubic)
-    transforms: Literal["release", "clip"] = "release"
-    # shot groups: few = at most this many training images (20: LPT's released logging; 19: 20 is medium)
-    few_at_most: int = Field(FEW_SHOT_AT_MOST, ge=0, le=MANY_SHOT_ABOVE)
-
-    @classmethod
-    def of(cls, cfg: TrialConfig):
-        try:
-            return cls.model_validate(cfg.method_options)
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise ValueError(
-                f"method {cfg.method!r}: bad method_options ({problems}); known: {', '.join(cls.model_fields)}"
-            ) from err
-
-
-class LPTOptions(PromptOptions):
-    agcl: bool = True
-    sampling: Sampling = "dual"
-    stage1_epochs: int | None = Field(None, ge=0)  # None: train.epochs
-    pool_size: int = Field(20, ge=1)  # m group prompts
-    top_k: int = Field(2, ge=1)
-    split_block: int | None = Field(None, ge=0)  # K; None: half the blocks (6 of 12)
-    key_weight: float = Field(1.0, ge=0)
-    reuse_stage1: bool = True
-
-
 STAGE2_ONLY = ("pool_size", "top_k", "split_block", "sampling", "per_class", "eta", "key_weight", "gamma_pos_ib",
                "gamma_neg_ib", "reuse_stage1", "workers")
 
@@ -330,11 +278,11 @@ def _record(cfg: TrialConfig, trainer: PromptTrainer, metrics: dict, pred: np.nd
     details = {"per_class_acc": (100 * per_class_accuracy(pred, s.test.labels, s.n_classes)).tolist(),
                "train_class_counts": s.counts.tolist()}
     status = sanity_status(metrics, [{"loss": c["train_loss"]} for c in trainer.curves], s.n_classes)
-    return TrialRecord(cfg.trial_id, cfg.canonical(), metrics, trainer.curves, status, details=details, timings=timings)
+    return TrialRecord(cfg.trial_id, cfg.model_dump(mode="json"), metrics, trainer.curves, status, details=details, timings=timings)
 
 
 def run_vpt(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
-    opts = PromptOptions.of(cfg)
+    opts = cfg.options
     setup = prepare(cfg)
     tower = load_vision_tower(cfg.backbone, ctx.device, cfg.precision)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -416,7 +364,7 @@ def _stage1(cfg: TrialConfig, ctx: TrialContext, opts: LPTOptions, trainer: Prom
 
 
 def run_lpt(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
-    opts = LPTOptions.of(cfg)
+    opts = cfg.options
     setup = prepare(cfg)
     tower = load_vision_tower(cfg.backbone, ctx.device, cfg.precision)
     if opts.top_k > opts.pool_size:

@@ -35,23 +35,8 @@ code steps its scheduler every batch. Logits are scaled by the model's own
 logit scale, which is the published 100 for released CLIPs (the tiny world
 CLIPs learned about 20).
 
-method_options:
-  lambda                 trade-off of the marginal-entropy term (ueo; default 1)
-  weights                mcm (default) | uniform (information maximisation) |
-                         oracle (1 + 1e-3 for known-class samples, 1e-3 for
-                         unknown ones, as the released code's analysis runs)
-  include_downsample_bn  train the ResNet downsample BatchNorms too (default
-                         false, as the released code, which trains the
-                         parameters whose names hold "bn" or "ln": a ResNet's
-                         downsample.1 BatchNorm is left frozen)
-  train_norms            train the normalisation affines (default true)
-  learn_context          train the prompt context (default true)
-  protocol               inductive (default): the unlabelled data is the
-                         train split's present-class images, the test split
-                         is held out; transductive: the released code's
-                         protocol, adapting on every image of the dataset
-                         (all splits together) of the present classes and
-                         testing on every image of it, the same images
+method_options: ptlab.methods.registry's UeoOptions (ueo), EntropyMinOptions
+(entropy_min) and ShiftProtocolOptions (zeroshot_mcm) say what each takes.
 """
 
 from __future__ import annotations
@@ -80,8 +65,6 @@ from ptlab.models.backbone import Backbone, load_backbone
 from ptlab.models.prompt import PromptLearner
 
 TRAINED_METHODS = ("ueo", "entropy_min")
-WEIGHT_MODES = ("mcm", "uniform", "oracle")
-PROTOCOLS = ("inductive", "transductive")
 ORACLE_FLOOR = 1e-3  # the released code's oracle weights: indicator(known) + 1e-3, so 1/w stays finite
 EVAL_CHUNK = 256  # images loaded at once when encoding a split live
 
@@ -102,33 +85,19 @@ PUBLISHED_RECIPE = {
 
 
 @dataclass(frozen=True)
-class UeoOptions:
+class Objective:
+    """What the entropy objective trains and how it weighs samples; entropy_min is lambda 0 with uniform weights."""
+
     lam: float = 1.0
     weights: str = "mcm"
     include_downsample_bn: bool = False
     train_norms: bool = True
 
     @classmethod
-    def from_config(cls, cfg: TrialConfig) -> UeoOptions:
-        given = dict(cfg.method_options)
-        allowed = {"lambda", "weights", "include_downsample_bn", "train_norms", "learn_context", "protocol"}
-        if cfg.method == "entropy_min":
-            allowed -= {"lambda", "weights"}  # entropy minimisation is lambda 0 with uniform weights, by definition
-        unknown = set(given) - allowed
-        if unknown:
-            raise ValueError(f"method {cfg.method!r} takes method_options {', '.join(sorted(allowed))}; "
-                             f"got {', '.join(sorted(unknown))}")
-        if cfg.method == "entropy_min":
-            given.update({"lambda": 0.0, "weights": "uniform"})
-        options = cls(
-            lam=float(given.get("lambda", 1.0)),
-            weights=str(given.get("weights", "mcm")),
-            include_downsample_bn=bool(given.get("include_downsample_bn", False)),
-            train_norms=bool(given.get("train_norms", True)),
-        )
-        if options.weights not in WEIGHT_MODES:
-            raise ValueError(f"method_options.weights {options.weights!r}; expected {', '.join(WEIGHT_MODES)}")
-        return options
+    def from_config(cls, cfg: TrialConfig) -> Objective:
+        options = cfg.options
+        lam, weights = (options.lam, options.weights) if cfg.method == "ueo" else (0.0, "uniform")
+        return cls(lam, weights, options.include_downsample_bn, options.train_norms)
 
 
 def norm_parameters(visual: nn.Module, include_downsample_bn: bool = False) -> dict[str, nn.Parameter]:
@@ -191,10 +160,7 @@ def whole_dataset(bundle: DatasetBundle) -> Split:
 
 
 def protocol_of(cfg: TrialConfig) -> str:
-    protocol = str(cfg.method_options.get("protocol", "inductive"))
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"method_options.protocol {protocol!r}; expected {' or '.join(PROTOCOLS)}")
-    return protocol
+    return cfg.options.protocol
 
 
 @dataclass
@@ -273,7 +239,7 @@ class UeoTrainer:
     def __init__(self, cfg: TrialConfig, ctx: TrialContext):
         _check_setup(cfg, ctx)
         self.cfg, self.ctx = cfg, ctx
-        self.options = UeoOptions.from_config(cfg) if cfg.method in TRAINED_METHODS else None
+        self.options = Objective.from_config(cfg) if cfg.method in TRAINED_METHODS else None
         self.data = ShiftData.from_config(cfg)
         self.backbone = load_backbone(cfg.backbone, ctx.device, cfg.precision)
         self.backbone.model.eval()  # BatchNorm keeps its running statistics frozen for the whole run
@@ -402,7 +368,7 @@ class UeoTrainer:
         }
         losses = [{"loss": c["train_loss"]} for c in self.curves]
         status = sanity_status(metrics, losses, len(shift.known))
-        return TrialRecord(self.cfg.trial_id, self.cfg.canonical(), metrics, self.curves, status, details=details)
+        return TrialRecord(self.cfg.trial_id, self.cfg.model_dump(mode="json"), metrics, self.curves, status, details=details)
 
 
 def run(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:

@@ -42,4 +42,4 @@ def run(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
             details["per_class_acc"] = (100 * per_class_accuracy(pred, data.labels, bundle.n_classes)).tolist()
     ctx.log(f"zero-shot {cfg.backbone} on {cfg.dataset}: test {metrics.get('test_acc', float('nan')):.2f}%")
     status = sanity_status(metrics, [], bundle.n_classes)
-    return TrialRecord(cfg.trial_id, cfg.canonical(), metrics, status=status, details=details)
+    return TrialRecord(cfg.trial_id, cfg.model_dump(mode="json"), metrics, status=status, details=details)

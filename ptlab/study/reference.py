@@ -86,7 +86,7 @@ def record_references(spec: StudySpec, plan: TrialPlan) -> int:
                 error = traceback.format_exc()[-4000:]
         record = files.read_record()
         timings = {"wall_s": round(time.perf_counter() - started, 3), "finished_at": time.time(), "attempts": 1}
-        common = dict(key=key, trial_id=cfg.trial_id, cell_id=cfg.trial_id, config=cfg.canonical(), curve=[])
+        common = dict(key=key, trial_id=cfg.trial_id, cell_id=cfg.trial_id, config=cfg.model_dump(mode="json"), curve=[])
         if record is None:
             outcome = TrialOutcome(status=STATUS_FAILED, metrics={}, timings=timings, provenance=provenance(),
                                    error=error or "the zero-shot reference wrote no record", **common)

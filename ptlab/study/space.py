@@ -126,7 +126,7 @@ def cell_id(cfg: TrialConfig) -> str:
 
 
 def field_value(cfg: TrialConfig, path: str) -> Any:
-    node: Any = cfg.canonical()
+    node: Any = cfg.model_dump(mode="json")
     for part in path.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return node

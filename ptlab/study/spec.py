@@ -179,7 +179,7 @@ class StudySpec(Frozen):
 
     def as_run(self) -> dict[str, Any]:
         """The spec as it runs: every base field spelled out, with its hash and planned trial count."""
-        base = guards.without_paths(self.base.canonical(), ["seed", "method", *self.factors])
+        base = guards.without_paths(self.base.model_dump(mode="json"), ["seed", "method", *self.factors])
         out: dict[str, Any] = {"name": self.name}
         if self.description:
             out["description"] = self.description
@@ -407,10 +407,6 @@ def _check_value(base: TrialConfig, path: str, value: Any, alone: bool = False) 
     With alone=True only the value itself is judged; rules that tie several
     fields together are left to the cell that combines them.
     """
-    from ptlab.methods import METHODS
-
-    if path == "method" and value not in METHODS:
-        return f"unknown method {value!r}; allowed: {', '.join(sorted(METHODS))}"
     if path == "backbone" and isinstance(value, str):
         return backbone_problem(value)
     if path == "dataset" and isinstance(value, str):
@@ -459,8 +455,49 @@ def _check_cells(spec: StudySpec, issues: _Issues) -> None:
                                  "change the factor values so every combination is valid")
 
 
+def _check_unread(spec: StudySpec, written: dict[str, Path_], issues: _Issues) -> None:
+    """A field the study sets that none of its trials reads: an error, not a silent no-op.
+
+    (An option the study's method does not take is refused by TrialConfig itself.)
+    """
+    from ptlab.methods.registry import LOSS_PARAMS, METHODS, OPTIONAL_FIELDS
+
+    methods = [METHODS[m] for m in dict.fromkeys(spec.factors.get("method", [spec.method])) if m in METHODS]
+    if len(methods) < len(set(spec.factors.get("method", [spec.method]))):
+        return  # an unknown method is the problem reported; what it would read is unknown
+    losses = set(spec.factors.get("loss", [spec.base.loss]))
+    if spec.search and "loss" in spec.search.space:
+        losses |= set(spec.search.space["loss"].probe_values())
+    for path, where in written.items():
+        if path in OPTIONAL_FIELDS and not any(path in m.uses for m in methods):
+            issues.add(where, f"method {', '.join(m.name for m in methods)} does not read {path}; remove it "
+                              "(a field a method ignores would only make trials that compute the same thing)")
+        elif any(path in params.values() for params in LOSS_PARAMS.values()) and any(path in m.uses for m in methods):
+            owners = [name for name, params in LOSS_PARAMS.items() if path in params.values()]
+            if not losses & set(owners):
+                issues.add(where, f"{path} is a parameter of loss {' or '.join(owners)}, which no trial of this study "
+                                  f"uses (losses: {', '.join(sorted(map(str, losses)))}); remove it or set loss")
+
+
+def _written_fields(study: dict, spec: StudySpec) -> dict[str, Path_]:
+    """Trial fields the study sets, by full path, with where they are written.
+
+    A fixed field written at its default changes no trial (a stored as-run
+    spec spells every field out), so it is not counted as set; a factor or a
+    searched field always is.
+    """
+    written: dict[str, Path_] = {}
+    for key, value in study["base"].items():
+        if key != "method" and value != getattr(TrialConfig.model_fields.get(key), "default", None):
+            written[key] = (key,)
+    written.update({path: ("factors", path) for path in spec.factors if path != "method"})
+    if spec.search:
+        written.update({path: ("search", "space", path) for path in spec.search.space})
+    return written
+
+
 def _check_search(spec: StudySpec, issues: _Issues) -> None:
-    from ptlab.methods import METHOD_METRICS
+    from ptlab.methods.registry import METHODS
 
     search = spec.search
     for path, dist in search.space.items():
@@ -478,10 +515,10 @@ def _check_search(spec: StudySpec, issues: _Issues) -> None:
                 issues.add(("search", "space", path, dist.kind), problem)
     methods = spec.factors.get("method", [spec.method])
     for method in methods:
-        produced = METHOD_METRICS.get(method, ())
-        if method in METHOD_METRICS and search.metric not in produced:
+        produced = METHODS[method].metrics if method in METHODS else ()
+        if method in METHODS and search.metric not in produced:
             issues.add(("search", "metric"), f"{search.metric!r} is not produced by method {method}; allowed: {', '.join(produced)}")
-        elif method in METHOD_METRICS and spec.kind.reruns and spec.selection_metric not in produced:
+        elif method in METHODS and spec.kind.reruns and spec.selection_metric not in produced:
             issues.add(("selection",), f"oracle selection ranks by {spec.selection_metric!r}, which method {method} "
                                        f"does not produce; use selection: val or a search.metric with a test twin")
     if spec.kind.reruns:
@@ -555,7 +592,8 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
     if not guards.check_study(study["base"], factors, study.get("seeds", [1]), issues.add,
                               stored="spec_hash" in study, check_data=check_data):
         issues.raise_if_any()  # a grid too large to look at: refused before anything else is judged
-    for key in ("method", "backbone", "dataset"):
+    # (an unknown method is TrialConfig's to refuse, once, with the nearest name)
+    for key in ("backbone", "dataset"):
         problem = _check_value(TrialConfig(), key, data[key]) if isinstance(data.get(key), str) else None
         if problem:
             issues.add((key,), problem)
@@ -567,6 +605,7 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
 
     if len(set(spec.seeds)) != len(spec.seeds):
         issues.add(("seeds",), "a seed is listed twice")
+    _check_unread(spec, _written_fields(study, spec), issues)
     if _check_factors(spec, issues) and spec.kind.has_cells:
         _check_cells(spec, issues)
     if spec.kind.searches:

@@ -281,7 +281,7 @@ def _run_train_job(cfg: TrialConfig, key: str, plan: TrialPlan) -> None:
     trainer = _train_job(
         plan,
         train_loop_per_worker=_train_worker,
-        train_loop_config={"plan": asdict(plan), "trial": cfg.canonical(), "key": key},
+        train_loop_config={"plan": asdict(plan), "trial": cfg.model_dump(mode="json"), "key": key},
         scaling_config=ray.train.ScalingConfig(
             num_workers=plan.workers,
             use_gpu=plan.gpu > 0,

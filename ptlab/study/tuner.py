@@ -63,7 +63,7 @@ def trial_slots(spec: StudySpec, connection: RayConnection) -> int:
 def trial_plan(spec: StudySpec, study_dir: Path, phase: str = "") -> TrialPlan:
     r = spec.resources
     searching = spec.kind.searches and phase != RERUN_PHASE
-    return TrialPlan(str(study_dir.resolve()), spec.base.canonical(), spec.runner, r.cpu, r.gpu, r.workers,
+    return TrialPlan(str(study_dir.resolve()), spec.base.model_dump(mode="json"), spec.runner, r.cpu, r.gpu, r.workers,
                      stream_epochs=searching, send_epochs=asha_rungs(spec) if searching else (), phase=phase,
                      cell_fields=tuple(spec.factors), study=spec.name, sampled=searching,
                      prunes=searching and spec.search.asha is not None)
@@ -114,7 +114,7 @@ def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, err
     files = plan.files(key)
     curve = files.read_curve()
     record = files.read_record()
-    common = dict(key=key, trial_id=cfg.trial_id, cell_id=plan.cell_id(cfg), config=cfg.canonical(), curve=curve,
+    common = dict(key=key, trial_id=cfg.trial_id, cell_id=plan.cell_id(cfg), config=cfg.model_dump(mode="json"), curve=curve,
                   phase=plan.phase)
     if error is not None:
         timings = {"wall_s": last_result.get("time_total_s"), "attempts": files.attempts(), "finished_at": time.time()}
@@ -476,7 +476,7 @@ def build_tuner(spec: StudySpec, study_dir: Path, connection: RayConnection, pha
         configs = rerun_configs(spec, read_selection(study_dir)) if phase == RERUN_PHASE else \
             [t.config for t in spec.trials()]
         tune_config = tune.TuneConfig(**common)
-        param_space = {"trial": tune.grid_search([c.canonical() for c in configs])}
+        param_space = {"trial": tune.grid_search([c.model_dump(mode="json") for c in configs])}
     run_config = tune.RunConfig(
         name=phase_dir(phase),
         storage_path=str(study_dir.resolve()),
