@@ -58,6 +58,9 @@ class DataConfig(Frozen):
     # unlabelled data holds; "none" = every class everywhere.
     scenario: Literal["none", "closed", "partial", "open", "open_partial"] = "none"
     class_split: str = "proportional"  # proportional | office31 | officehome | visda | domainnet | JSON file
+    # Base-to-new generalisation (CoCoOp's protocol, ptlab.data.base_new): train on the first half of the
+    # classes, report base, new and harmonic-mean accuracy; for methods whose classifier is built from names.
+    base_to_new: bool = False
 
 
 class TrialConfig(Frozen):

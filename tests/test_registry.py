@@ -122,3 +122,35 @@ def test_cocoop_trains_its_meta_net_and_reports_every_epoch(feature_cache, rando
     meta = {k for k in saved[2]["classifier"] if k.startswith("meta_net.")}
     assert meta, saved[2]["classifier"].keys()
     assert any(not torch.equal(saved[1]["classifier"][k], saved[2]["classifier"][k]) for k in meta)
+
+
+def test_base_and_new_halves_are_relabelled_views_of_the_parent_images():
+    from ptlab.data.base_new import base_and_new
+    from ptlab.data.sources import load_dataset
+
+    full = load_dataset("world:shapes")
+    base, new = base_and_new(full)
+    assert base.classnames == full.classnames[:5] and new.classnames == full.classnames[5:]
+    for half, offset in ((base, 0), (new, 5)):
+        for name, split in half.splits.items():
+            parent = full.split(name)
+            assert set(split.labels.tolist()) == set(range(5))
+            assert len(split) == int(((parent.labels >= offset) & (parent.labels < offset + 5)).sum())
+            first = int(split.images.positions[0])
+            assert parent.labels[first] == split.labels[0] + offset
+            assert split.images.load(0).tobytes() == parent.images.load(first).tobytes()
+            assert split.images.identity != parent.images.identity
+    assert base.split("test").images.identity != new.split("test").images.identity
+
+
+@pytest.mark.parametrize("method", ["coop", "cocoop"])
+def test_base_to_new_trains_on_base_names_and_reports_new_accuracy(feature_cache, random_tiny_clip, method):
+    from ptlab.data.base_new import harmonic_mean
+
+    cfg = TrialConfig(method=method, backbone=random_tiny_clip, dataset="world:shapes", shots=2, n_ctx=2,
+                      data={"base_to_new": True}, train=TrainConfig(epochs=1, views=1, lr=0.01))
+    record = run_trial(cfg, TrialContext(cache_dir=feature_cache))
+    m = record.metrics
+    assert m["base_acc"] == m["test_acc"] and len(record.details["per_class_acc"]) == 5
+    assert m["train_size"] == 2 * 5  # two shots of each base class, none of the new ones
+    assert 0 <= m["new_acc"] <= 100 and m["hm"] == pytest.approx(harmonic_mean(m["base_acc"], m["new_acc"]))

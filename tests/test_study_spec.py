@@ -201,6 +201,11 @@ CATALOGUE = [
     ("searched field the method never reads", edit(edit(SEARCH, "method: coop", "method: zeroshot"),
                                                    "{lr: {log_uniform: [1.0e-4, 1.0e-1]}}", "{n_ctx: {int: [2, 8]}}"),
      "space:", "search.space.n_ctx", ["does not read n_ctx"]),
+    ("base-to-new with a method bound to its classes", edit(edit(GOOD, "method: coop", "method: linear_probe"),
+                                                           "shots: 4", "shots: 4\ndata: {base_to_new: true}"),
+     "data:", "data.base_to_new", ["method linear_probe cannot classify classes it was not trained on", "cocoop, coop"]),
+    ("base-to-new with class-specific context", edit(GOOD, "shots: 4", "shots: 4\ncsc: true\ndata: {base_to_new: true}"),
+     "data:", "data.base_to_new", ["csc: true learns something per training class", "set csc: false"]),
     ("template with two class names", edit(GOOD, "shots: 4", "shots: 4\ntemplate: '{} and {}'"), "template:",
      "template", ["exactly once"]),
 ]

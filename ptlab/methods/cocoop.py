@@ -62,13 +62,15 @@ def run(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
     generator = torch.Generator().manual_seed(cfg.seed)
     design = PromptDesign(n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init, learn_context=options.learn_context,
                           learn_classnames=cfg.learn_classnames)
-    learner = PromptLearner(setup.backbone, setup.classnames, design, generator)
+    scale = setup.backbone.model.logit_scale.exp().detach().float()
     image_dim = setup.test_features.shape[-1]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)  # the meta-net's initialisation, a function of the seed alone
-        classifier = ConditionalPromptClassifier(
-            learner, setup.backbone.model.logit_scale.exp().detach().float(), image_dim, options.meta_reduction
-        )
-    loop = TrainingLoop(cfg, ctx, setup, classifier.to(ctx.device))
+
+    def for_classes(names: list[str]) -> ConditionalPromptClassifier:
+        learner = PromptLearner(setup.backbone, names, design, generator)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # the meta-net's initialisation, a function of the seed alone
+            return ConditionalPromptClassifier(learner, scale, image_dim, options.meta_reduction)
+
+    loop = TrainingLoop(cfg, ctx, setup, for_classes(setup.classnames).to(ctx.device), for_classes)
     loop.fit()
     return loop.finish()

@@ -8,12 +8,14 @@ tower runs in the loop, on prompts cut after their EOT token.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ptlab.config import TrialConfig
+from ptlab.data.base_new import harmonic_mean
 from ptlab.data.sources import class_counts
 from ptlab.losses import make_loss
 from ptlab.methods.base import TrialContext, TrialRecord, sanity_status, shot_group_metrics, shot_group_sizes
@@ -44,8 +46,11 @@ def loss_for(cfg: TrialConfig, reduction: str = "mean"):
 class TrainingLoop:
     """One epoch at a time over cached (or live) image features; shared by the prompt-tuning variants."""
 
-    def __init__(self, cfg: TrialConfig, ctx: TrialContext, setup: SupervisedSetup, classifier: torch.nn.Module):
+    def __init__(self, cfg: TrialConfig, ctx: TrialContext, setup: SupervisedSetup, classifier: torch.nn.Module,
+                 for_classes: Callable[[list[str]], torch.nn.Module] | None = None):
+        """`for_classes(names)` builds the recipe's classifier for other class names (base-to-new)."""
         self.cfg, self.ctx, self.setup, self.classifier = cfg, ctx, setup, classifier
+        self.for_classes = for_classes
         self.loss_fn = loss_for(cfg)
         self.optimizer = make_optimizer(classifier.parameters(), cfg.train)
         self.rng = np.random.default_rng([cfg.seed, 0x0C00])
@@ -110,14 +115,30 @@ class TrainingLoop:
         }
 
     @torch.no_grad()
-    def scores(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits (N, C) on the CPU, in evaluation mode."""
-        self.classifier.eval()
-        out = [self.logits(features[i : i + 4096].to(self.ctx.device)).float().cpu() for i in range(0, len(features), 4096)]
+    def scores(self, features: torch.Tensor, classifier: torch.nn.Module | None = None) -> torch.Tensor:
+        """Logits (N, C) on the CPU, in evaluation mode (of the trained classifier unless another is given)."""
+        score = self.logits if classifier is None else classifier
+        (classifier or self.classifier).eval()
+        out = [score(features[i : i + 4096].to(self.ctx.device)).float().cpu() for i in range(0, len(features), 4096)]
         return torch.cat(out) if out else torch.zeros(0, self.setup.n_classes)
 
-    def predict(self, features: torch.Tensor) -> np.ndarray:
-        return self.scores(features).argmax(-1).numpy()
+    def predict(self, features: torch.Tensor, classifier: torch.nn.Module | None = None) -> np.ndarray:
+        return self.scores(features, classifier).argmax(-1).numpy()
+
+    def new_class_metrics(self) -> dict[str, float]:
+        """Base-to-new: what was learned, moved into a classifier of the held-out names, on their test images."""
+        new = self.setup.new_classes
+        if self.for_classes is None:
+            raise ValueError(f"method {self.cfg.method!r} cannot classify classes it was not built for; "
+                             "set data.base_to_new: false")
+        classifier = self.for_classes(new.classnames).to(self.ctx.device)
+        learned = {k: v for k, v in self.classifier.state_dict().items()
+                   if k in self._trainable_names() and not k.endswith("class_embeddings")}
+        classifier.load_state_dict(learned, strict=False)
+        test = new.split("test")
+        new_acc = 100 * accuracy(self.predict(self.setup.cache.features(test), classifier), test.labels)
+        base_acc = 100 * accuracy(self.predict(self.setup.test_features), self.setup.test_labels)
+        return {"base_acc": base_acc, "new_acc": new_acc, "hm": harmonic_mean(base_acc, new_acc)}
 
     def fit(self) -> list[dict[str, float]]:
         s, train = self.setup, self.cfg.train
@@ -133,6 +154,8 @@ class TrainingLoop:
         return self.curves
 
     def finish(self, extra: dict | None = None) -> TrialRecord:
+        if self.setup.new_classes is not None:
+            extra = {**self.new_class_metrics(), **(extra or {})}
         return trial_record(self.cfg, self.setup, self.predict(self.setup.test_features), self.curves, extra)
 
 
@@ -177,8 +200,11 @@ class PromptClassifier(torch.nn.Module):
 def run(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
     setup = prepare_supervised(cfg, ctx)
     generator = torch.Generator().manual_seed(cfg.seed)
-    learner = PromptLearner(setup.backbone, setup.classnames, prompt_design(cfg), generator)
-    classifier = PromptClassifier(learner, setup.backbone.model.logit_scale.exp().detach().float())
-    loop = TrainingLoop(cfg, ctx, setup, classifier)
+    scale = setup.backbone.model.logit_scale.exp().detach().float()
+
+    def for_classes(names: list[str]) -> PromptClassifier:
+        return PromptClassifier(PromptLearner(setup.backbone, names, prompt_design(cfg), generator), scale)
+
+    loop = TrainingLoop(cfg, ctx, setup, for_classes(setup.classnames), for_classes)
     loop.fit()
     return loop.finish()

@@ -163,6 +163,7 @@ class Method:
     backbones: tuple[BackboneKind, ...] = ("clip",)
     seed_ensembles: bool = False  # saves test logits that a study averages over seeds (ptlab.methods.ensemble)
     epoch_reports: bool = True  # reports every epoch, so ASHA can stop it early
+    new_classes: bool = False  # its classifier is built from class names, so it runs base-to-new (data.base_to_new)
 
     def run(self, cfg, ctx):
         return importlib.import_module(self.recipe).run(cfg, ctx)
@@ -202,10 +203,12 @@ GRAD = ("grad_ratio",)
 
 register_method(Method("zeroshot", "ptlab.methods.zeroshot", "zero-shot CLIP from class-name prompts",
                        metrics=("test_acc", "test_macro_acc", "val_acc"), uses=ZERO_SHOT_TEXT, epoch_reports=False))
+BASE_NEW = ("base_acc", "new_acc", "hm")  # with data.base_to_new
 register_method(Method("coop", "ptlab.methods.coop", "CoOp: a learned prompt context, encoders frozen",
-                       PromptTuningOptions, SUPERVISED + GRAD, TRAINED_PROMPT))
+                       PromptTuningOptions, SUPERVISED + GRAD + BASE_NEW, TRAINED_PROMPT, new_classes=True))
 register_method(Method("cocoop", "ptlab.methods.cocoop", "CoCoOp: CoOp's context plus a meta-net token per image",
-                       CoCoOpOptions, SUPERVISED + GRAD, TRAINED_PROMPT - {"csc", "class_token_position"}))
+                       CoCoOpOptions, SUPERVISED + GRAD + BASE_NEW, TRAINED_PROMPT - {"csc", "class_token_position"},
+                       new_classes=True))
 # Noisy-label analysis (PTNL)
 register_method(Method("linear_probe", "ptlab.methods.linear_probe", "logistic regression on frozen image features",
                        LinearProbeOptions, ("test_acc", "test_macro_acc", "val_acc", "train_acc_noisy",

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ptlab.config import TrialConfig
+from ptlab.data.base_new import base_and_new
 from ptlab.data.features import FeatureCache, encode_images, load_pixels
 from ptlab.data.fewshot import few_shot_indices, validation_indices
 from ptlab.data.noise import PTNL_KINDS, NoisyLabels, add_label_noise, ptnl_noise
@@ -37,6 +38,7 @@ class SupervisedSetup:
     val_labels: np.ndarray | None
     test_features: torch.Tensor
     test_labels: np.ndarray
+    new_classes: DatasetBundle | None = None  # base-to-new: the held-out half; bundle then holds the base half
 
     @property
     def classnames(self) -> list[str]:
@@ -107,6 +109,9 @@ def prepare_supervised(
     the K-shot sample with the config's label noise (UPL passes its pseudo-labels).
     """
     bundle = load_dataset(cfg.dataset, cfg.data)
+    new_classes = None
+    if cfg.data.base_to_new:
+        bundle, new_classes = base_and_new(bundle)
     backbone = load_backbone(cfg.backbone, ctx.device, cfg.precision)
     cache = FeatureCache(ctx.cache_dir, backbone, crop_scale=tuple(cfg.train.crop_scale))
     train = training_set(cfg, bundle, backbone, cache)
@@ -124,5 +129,6 @@ def prepare_supervised(
         val_features, val_labels = cache.features(val, val_idx), val.labels[val_idx]
     test = bundle.split("test")
     return SupervisedSetup(
-        cfg, bundle, backbone, cache, train, train_split, views, val_features, val_labels, cache.features(test), test.labels
+        cfg, bundle, backbone, cache, train, train_split, views, val_features, val_labels, cache.features(test), test.labels,
+        new_classes,
     )

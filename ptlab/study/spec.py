@@ -479,6 +479,25 @@ def _check_unread(spec: StudySpec, written: dict[str, Path_], issues: _Issues) -
                                   f"uses (losses: {', '.join(sorted(map(str, losses)))}); remove it or set loss")
 
 
+def _check_base_to_new(spec: StudySpec, issues: _Issues) -> None:
+    """Base-to-new needs a classifier rebuilt from the held-out names and a context shared by every class."""
+    from ptlab.methods.registry import METHODS
+
+    where = ("factors", "data.base_to_new") if "data.base_to_new" in spec.factors else ("data", "base_to_new")
+    if not (spec.base.data.base_to_new or True in spec.factors.get("data.base_to_new", [])):
+        return
+    methods = [m for m in spec.factors.get("method", [spec.method]) if m in METHODS]
+    unable = [m for m in methods if not METHODS[m].new_classes]
+    if unable:
+        able = ", ".join(sorted(m for m, reg in METHODS.items() if reg.new_classes))
+        issues.add(where, f"method {', '.join(unable)} cannot classify classes it was not trained on; "
+                          f"base-to-new runs with {able}")
+    for field in ("csc", "learn_classnames"):
+        if getattr(spec.base, field) or True in spec.factors.get(field, []):
+            issues.add(where, f"{field}: true learns something per training class, which new classes lack; "
+                              f"set {field}: false")
+
+
 def _written_fields(study: dict, spec: StudySpec) -> dict[str, Path_]:
     """Trial fields the study sets, by full path, with where they are written.
 
@@ -606,6 +625,7 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
     if len(set(spec.seeds)) != len(spec.seeds):
         issues.add(("seeds",), "a seed is listed twice")
     _check_unread(spec, _written_fields(study, spec), issues)
+    _check_base_to_new(spec, issues)
     if _check_factors(spec, issues) and spec.kind.has_cells:
         _check_cells(spec, issues)
     if spec.kind.searches:
