@@ -312,6 +312,16 @@ def upl_study(folder: Path) -> Path:
     return folder
 
 
+def base_to_new_study(folder: Path) -> Path:
+    def metrics(config: dict, offset: float) -> dict:
+        conditional = config["method"] == "cocoop"
+        base = 80.0 + config["n_ctx"] / 4 - conditional + offset
+        new = 60.0 - config["n_ctx"] / 2 + 8 * conditional + offset
+        return {"test_acc": base, "base_acc": base, "new_acc": new, "hm": 2 * base * new / (base + new)}
+
+    return _family(folder, "coop", {"method": ["coop", "cocoop"], "n_ctx": [4, 16]}, metrics)
+
+
 # Each shipped dashboard with the fixture that holds the columns it draws from.
 DASHBOARD_FIXTURES = {
     "robustness": noise_grid,
@@ -320,4 +330,5 @@ DASHBOARD_FIXTURES = {
     "lpt": lpt_study,
     "upl": upl_study,
     "gradient_ratio": grad_ratio_study,
+    "base_to_new": base_to_new_study,
 }

@@ -154,3 +154,13 @@ def test_base_to_new_trains_on_base_names_and_reports_new_accuracy(feature_cache
     assert m["base_acc"] == m["test_acc"] and len(record.details["per_class_acc"]) == 5
     assert m["train_size"] == 2 * 5  # two shots of each base class, none of the new ones
     assert 0 <= m["new_acc"] <= 100 and m["hm"] == pytest.approx(harmonic_mean(m["base_acc"], m["new_acc"]))
+
+
+def test_zero_shot_reports_base_to_new_from_the_names_alone(feature_cache, random_tiny_clip):
+    from ptlab.data.base_new import harmonic_mean
+
+    both = TrialConfig(method="zeroshot", backbone=random_tiny_clip, dataset="world:shapes", data={"base_to_new": True})
+    m = run_trial(both, TrialContext(cache_dir=feature_cache)).metrics
+    assert m["base_acc"] == m["test_acc"] and m["hm"] == pytest.approx(harmonic_mean(m["base_acc"], m["new_acc"]))
+    whole = run_trial(both.with_updates({"data.base_to_new": False}), TrialContext(cache_dir=feature_cache)).metrics
+    assert "new_acc" not in whole

@@ -201,9 +201,10 @@ def method_of(name: str) -> Method:
 TRAINED_PROMPT = PROMPT | LOSS | NOISE
 GRAD = ("grad_ratio",)
 
-register_method(Method("zeroshot", "ptlab.methods.zeroshot", "zero-shot CLIP from class-name prompts",
-                       metrics=("test_acc", "test_macro_acc", "val_acc"), uses=ZERO_SHOT_TEXT, epoch_reports=False))
 BASE_NEW = ("base_acc", "new_acc", "hm")  # with data.base_to_new
+register_method(Method("zeroshot", "ptlab.methods.zeroshot", "zero-shot CLIP from class-name prompts",
+                       metrics=("test_acc", "test_macro_acc", "val_acc") + BASE_NEW, uses=ZERO_SHOT_TEXT,
+                       epoch_reports=False, new_classes=True))
 register_method(Method("coop", "ptlab.methods.coop", "CoOp: a learned prompt context, encoders frozen",
                        PromptTuningOptions, SUPERVISED + GRAD + BASE_NEW, TRAINED_PROMPT, new_classes=True))
 register_method(Method("cocoop", "ptlab.methods.cocoop", "CoCoOp: CoOp's context plus a meta-net token per image",

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ptlab.config import TrialConfig
+from ptlab.data.base_new import base_and_new, harmonic_mean
 from ptlab.data.features import FeatureCache
 from ptlab.data.sources import DatasetBundle, load_dataset
 from ptlab.data.templates import resolve_templates
@@ -25,21 +26,30 @@ def zero_shot_logits(image_features: torch.Tensor, text_features: torch.Tensor, 
     return scale * F.normalize(image_features.float(), dim=-1) @ text_features.to(image_features.device).T
 
 
+def _predict(backbone: Backbone, cache: FeatureCache, bundle: DatasetBundle, split: str, cfg: TrialConfig):
+    text = zero_shot_classifier(backbone, bundle, cfg)
+    return zero_shot_logits(cache.features(bundle.split(split)), text.cpu(), backbone).argmax(-1).numpy()
+
+
 def run(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
-    bundle = load_dataset(cfg.dataset, cfg.data)
+    bundle, new = load_dataset(cfg.dataset, cfg.data), None
+    if cfg.data.base_to_new:
+        bundle, new = base_and_new(bundle)
     backbone = load_backbone(cfg.backbone, ctx.device, cfg.precision)
     cache = FeatureCache(ctx.cache_dir, backbone)
-    text = zero_shot_classifier(backbone, bundle, cfg)
     metrics, details = {}, {}
     for split in ("val", "test"):
         if split not in bundle.splits:
             continue
         data = bundle.split(split)
-        pred = zero_shot_logits(cache.features(data), text.cpu(), backbone).argmax(-1).numpy()
+        pred = _predict(backbone, cache, bundle, split, cfg)
         metrics[f"{split}_acc"] = 100 * accuracy(pred, data.labels)
         if split == "test":
             metrics["test_macro_acc"] = 100 * mean_per_class_accuracy(pred, data.labels, bundle.n_classes)
             details["per_class_acc"] = (100 * per_class_accuracy(pred, data.labels, bundle.n_classes)).tolist()
+    if new is not None:
+        new_acc = 100 * accuracy(_predict(backbone, cache, new, "test", cfg), new.split("test").labels)
+        metrics.update(base_acc=metrics["test_acc"], new_acc=new_acc, hm=harmonic_mean(metrics["test_acc"], new_acc))
     ctx.log(f"zero-shot {cfg.backbone} on {cfg.dataset}: test {metrics.get('test_acc', float('nan')):.2f}%")
     status = sanity_status(metrics, [], bundle.n_classes)
     return TrialRecord(cfg.trial_id, cfg.model_dump(mode="json"), metrics, status=status, details=details)
