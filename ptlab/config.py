@@ -63,6 +63,19 @@ class DataConfig(Frozen):
     base_to_new: bool = False
 
 
+# Fields added after studies had stored results: hashed only when set away from their default, so that
+# every trial id computed before they existed stays as it was (resumed folders, cells across versions).
+ADDED_FIELDS = ("data.base_to_new",)
+
+
+def _default_of(path: str) -> Any:
+    model: Any = TrialConfig
+    *parents, leaf = path.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    return model.model_fields[leaf].get_default(call_default_factory=True)
+
+
 class TrialConfig(Frozen):
     method: str = "coop"
     backbone: str = "world:tiny-rn"
@@ -157,6 +170,13 @@ class TrialConfig(Frozen):
             unread |= {f for name, params in LOSS_PARAMS.items() if name != self.loss for f in params.values()}
         for name in unread:
             data[name] = type(self).model_fields[name].get_default(call_default_factory=True)
+        for path in ADDED_FIELDS:
+            *parents, leaf = path.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            if node[leaf] == _default_of(path):
+                del node[leaf]
         return data
 
     @property

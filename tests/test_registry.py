@@ -164,3 +164,10 @@ def test_zero_shot_reports_base_to_new_from_the_names_alone(feature_cache, rando
     assert m["base_acc"] == m["test_acc"] and m["hm"] == pytest.approx(harmonic_mean(m["base_acc"], m["new_acc"]))
     whole = run_trial(both.with_updates({"data.base_to_new": False}), TrialContext(cache_dir=feature_cache)).metrics
     assert "new_acc" not in whole
+
+
+def test_trial_ids_of_configs_every_method_reads_whole_are_those_of_earlier_versions():
+    # pinned before the registry and data.base_to_new existed: resumed folders and cells across versions keep them
+    assert TrialConfig().trial_id == "4fe1d79c9f90"
+    assert TrialConfig(loss="gce", gce_q=0.5, noise_type="symmetric", noise_rate=0.25).trial_id == "352566bf35de"
+    assert TrialConfig(data={"base_to_new": True}).trial_id != TrialConfig().trial_id
