@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 from torchvision.transforms import v2 as T
 
 from ptlab.data.sources import Split
+from ptlab.files import atomic_save
 from ptlab.models.backbone import Backbone
 
 CACHE_FORMAT = 1
@@ -143,12 +142,8 @@ class FeatureCache:
             return None
 
     def _write(self, path: Path, feats: torch.Tensor, index: torch.Tensor) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"features": feats, "index": index, "checksum": _checksum(feats, index)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_save(path, lambda handle: torch.save(payload, handle))
 
     def features(self, split: Split, indices=None, view: int = 0) -> torch.Tensor:
         """Unnormalised image features (len(indices), E) of one view; computes only what is missing."""

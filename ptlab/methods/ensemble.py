@@ -9,8 +9,6 @@ into one row per ensemble, which the study stores beside the trials' rows.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from ptlab.config import TrialConfig
+from ptlab.files import atomic_save
 from ptlab.methods.registry import METHODS
 from ptlab.metrics import accuracy, mean_per_class_accuracy
 
@@ -31,15 +30,9 @@ CARRIED = ("pseudo_label_acc", "pseudo_label_classes", "zeroshot_acc", "noise_re
 
 def save_test_logits(folder: Path, logits: torch.Tensor | np.ndarray, labels: np.ndarray) -> Path:
     """Write `LOGITS_FILE` into `folder` atomically (float32 logits, int64 labels)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     logits = logits.numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
-    with os.fdopen(fd, "wb") as handle:
-        np.savez(handle, logits=logits.astype(np.float32), labels=np.asarray(labels, dtype=np.int64))
-    path = folder / LOGITS_FILE
-    os.replace(tmp, path)
-    return path
+    arrays = {"logits": logits.astype(np.float32), "labels": np.asarray(labels, dtype=np.int64)}
+    return atomic_save(Path(folder) / LOGITS_FILE, lambda handle: np.savez(handle, **arrays))
 
 
 def load_test_logits(folder: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -44,8 +44,6 @@ import copy
 import fcntl
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +58,7 @@ from ptlab.data.fewshot import validation_indices
 from ptlab.data.noise import NoisyLabels
 from ptlab.data.sampling import ClassBalancedSampler, instance_batches
 from ptlab.data.sources import DatasetBundle, Split, class_counts, load_dataset
+from ptlab.files import atomic_save
 from ptlab.losses import agcl_loss
 from ptlab.methods.base import TrialContext, TrialRecord, sanity_status, shot_group_metrics, shot_group_sizes
 from ptlab.methods.coop import loss_for
@@ -314,14 +313,6 @@ def stage1_epochs(cfg: TrialConfig, opts: LPTOptions) -> int:
     return cfg.train.epochs if opts.stage1_epochs is None else opts.stage1_epochs
 
 
-def _save_atomic(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
 def _load_stage1(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -359,7 +350,8 @@ def _stage1(cfg: TrialConfig, ctx: TrialContext, opts: LPTOptions, trainer: Prom
         metrics = train_stage1()
         if metrics:
             state = {k: v for k, v in model.trainable_state().items() if k == "shared" or k.startswith("classifier.")}
-            _save_atomic({"state": state, "curves": trainer.curves, "metrics": metrics}, path)
+            saved = {"state": state, "curves": trainer.curves, "metrics": metrics}
+            atomic_save(path, lambda handle: torch.save(saved, handle))
         return metrics, False
 
 

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ptlab.files import atomic_write
 from ptlab.study.spec import HASHED_KEYS, StudySpec
-from ptlab.study.trial import atomic_write
 
 PLANNED = "planned.json"
 

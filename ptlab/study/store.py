@@ -29,7 +29,7 @@ from typing import Any
 
 import polars as pl
 
-from ptlab.study.trial import atomic_write
+from ptlab.files import atomic_write
 
 RESULTS = "results.parquet"
 CURVES = "curves.parquet"

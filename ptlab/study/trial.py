@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,25 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from ptlab.config import TrialConfig
+from ptlab.files import atomic_save, atomic_write
 
 FINAL = "final"  # set on the one result a trial sends after its recipe returned
 
 
 def _jsonable(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else str(value)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -100,13 +87,9 @@ class TrialFiles:
         return [by_epoch[e] for e in sorted(by_epoch)]
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        import io
-
         import torch
 
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write(self.checkpoint, buffer.getvalue())
+        atomic_save(self.checkpoint, lambda handle: torch.save(state, handle))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last saved state; tensors and plain containers only, so a planted file cannot run code."""

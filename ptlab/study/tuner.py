@@ -30,6 +30,7 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from ptlab.files import atomic_write
 from ptlab.methods.base import STATUS_FAILED, STATUS_PRUNED
 from ptlab.study.cluster import RayConnection
 from ptlab.study.ensembles import record_ensembles
@@ -38,7 +39,7 @@ from ptlab.study.progress import Progress, write_driver
 from ptlab.study.reference import record_references
 from ptlab.study.spec import SELECTION_FILE, StudySpec
 from ptlab.study.store import KEY, PHASE, ResultStore, TrialOutcome
-from ptlab.study.trial import FINAL, TrialPlan, atomic_write, run_trial_fn
+from ptlab.study.trial import FINAL, TrialPlan, run_trial_fn
 
 TUNE_DIR = "tune"  # a grid's or search's experiment, and a tuned grid's search phase
 RERUN_DIR = "tune_reruns"

@@ -26,6 +26,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from ptlab.files import atomic_save
 from ptlab.models.backbone import CLIP_MEAN, CLIP_STD, WORLD_ASSETS
 from ptlab.world.captions import CAPTION_SCHEMES, caption, positives
 from ptlab.world.render import DOMAINS, Attributes, render
@@ -178,11 +179,9 @@ class Checkpoint:
     def after_step(self, step: int, steps: int, model, optimizer, schedule, rng, losses: list[float]) -> None:
         if self.file is None or (step + 1) % self.every or step + 1 >= steps:
             return
-        self.file.parent.mkdir(parents=True, exist_ok=True)
         state = {"config": self.config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "schedule": schedule.state_dict(), "rng": rng.bit_generator.state, "losses": losses, "step": step + 1}
-        torch.save(state, self.file.with_suffix(".tmp"))
-        os.replace(self.file.with_suffix(".tmp"), self.file)
+        atomic_save(self.file, lambda handle: torch.save(state, handle))
 
 
 def _train_jointly(cfg: PretrainConfig, model, images, pool, log, checkpoint_dir, checkpoint_every, start) -> list[float]:
