@@ -12,8 +12,9 @@ from ptlab.config import TrainConfig, TrialConfig
 from ptlab.methods import run_trial
 from ptlab.methods.base import TrialContext
 from ptlab.methods.cocoop import ConditionalPromptClassifier
-from ptlab.methods.coop import PromptClassifier, loss_for, prompt_design
+from ptlab.methods.coop import PromptClassifier, prompt_design
 from ptlab.methods.registry import METHODS, OPTIONAL_FIELDS, method_of
+from ptlab.methods.training import loss_for
 from ptlab.models.backbone import load_backbone
 from ptlab.models.prompt import PromptDesign, PromptLearner
 

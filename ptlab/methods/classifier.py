@@ -14,8 +14,8 @@ import torch
 from ptlab.config import TrialConfig
 from ptlab.data.templates import resolve_templates
 from ptlab.methods.base import TrialContext, TrialRecord
-from ptlab.methods.coop import TrainingLoop
 from ptlab.methods.supervision import SupervisedSetup, prepare_supervised
+from ptlab.methods.training import TrainingLoop
 from ptlab.models.heads import LinearHead
 from ptlab.models.text import class_text_features
 

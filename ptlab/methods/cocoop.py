@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from ptlab.config import TrialConfig
 from ptlab.methods.base import TrialContext, TrialRecord
-from ptlab.methods.coop import TrainingLoop
 from ptlab.methods.supervision import prepare_supervised
+from ptlab.methods.training import TrainingLoop
 from ptlab.models.prompt import PromptDesign, PromptLearner
 from ptlab.models.text import encode_embeddings
 

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from ptlab.config import TrialConfig
 from ptlab.methods.base import TrialContext, TrialRecord
-from ptlab.methods.coop import trial_record
 from ptlab.methods.registry import LinearProbeOptions
 from ptlab.methods.supervision import prepare_supervised
+from ptlab.methods.training import trial_record
 from ptlab.metrics import accuracy
 
 COARSE_LOG10_C = (-6, -4, -2, 0, 2, 4, 6)

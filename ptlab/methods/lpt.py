@@ -61,10 +61,10 @@ from ptlab.data.sources import DatasetBundle, Split, class_counts, load_dataset
 from ptlab.files import atomic_save
 from ptlab.losses import agcl_loss
 from ptlab.methods.base import TrialContext, TrialRecord, sanity_status, shot_group_metrics, shot_group_sizes
-from ptlab.methods.coop import loss_for
 from ptlab.methods.registry import LPTOptions, PromptOptions, Sampling
 from ptlab.methods.schedule import epoch_lr, make_optimizer, set_lr
 from ptlab.methods.supervision import noisy_training_set
+from ptlab.methods.training import loss_for
 from ptlab.metrics import FEW_SHOT_AT_MOST, accuracy, mean_per_class_accuracy, per_class_accuracy
 from ptlab.models.vpt import PromptedViT, load_vision_tower
 

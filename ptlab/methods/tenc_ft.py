@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from ptlab.config import TrialConfig
 from ptlab.data.templates import resolve_templates
 from ptlab.methods.base import TrialContext, TrialRecord
-from ptlab.methods.coop import TrainingLoop
 from ptlab.methods.supervision import prepare_supervised
+from ptlab.methods.training import TrainingLoop
 from ptlab.models.text import encode_tokens
 
 

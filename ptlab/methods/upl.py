@@ -29,9 +29,10 @@ from ptlab.data.fewshot import lowest_keys_per_class, random_keys, seeded_genera
 from ptlab.data.noise import NoisyLabels
 from ptlab.data.sources import DatasetBundle
 from ptlab.methods.base import TrialContext, TrialRecord
-from ptlab.methods.coop import PromptClassifier, TrainingLoop, prompt_design
+from ptlab.methods.coop import PromptClassifier, prompt_design
 from ptlab.methods.ensemble import save_test_logits
 from ptlab.methods.supervision import prepare_supervised, zero_shot_scores
+from ptlab.methods.training import TrainingLoop
 from ptlab.metrics import accuracy
 from ptlab.models.backbone import Backbone
 from ptlab.models.prompt import PromptLearner

@@ -23,8 +23,9 @@ import torch
 
 from ptlab.config import TrialConfig
 from ptlab.methods.base import TrialContext, TrialRecord
-from ptlab.methods.coop import PromptClassifier, TrainingLoop, prompt_design, trial_record
+from ptlab.methods.coop import PromptClassifier, prompt_design
 from ptlab.methods.supervision import SupervisedSetup, prepare_supervised
+from ptlab.methods.training import TrainingLoop, trial_record
 from ptlab.metrics import accuracy
 from ptlab.models.prompt import PromptDesign, PromptLearner
 
