@@ -20,6 +20,7 @@ from ptlab.data.features import encode_images
 from ptlab.models.backbone import load_backbone
 from ptlab.models.prompt import PromptDesign, PromptLearner
 from ptlab.models.text import encode_embeddings
+from ptlab.study.layout import TRIALS_DIR
 
 DTD_CLASSES = (
     "banded blotchy braided bubbly bumpy chequered cobwebbed cracked crosshatched crystalline dotted fibrous "
@@ -190,7 +191,7 @@ def _run_study(spec, study_dir: Path, connection) -> tuple[float, float, list[di
         finished = run_study(spec, study_dir, connection)
     wall = time.time() - start
     keys = ResultStore(study_dir).results()[KEY].to_list()
-    records = [TrialFiles(study_dir / "trials" / key).read_record() for key in keys]
+    records = [TrialFiles(study_dir / TRIALS_DIR / key).read_record() for key in keys]
     if not finished or any(r is None or r["status"] == "failed" for r in records):
         raise RuntimeError(f"study {spec.name} did not finish every trial; see {study_dir}")
     return start, wall, sorted(records, key=lambda r: r["timings"]["finished_at"])

@@ -12,7 +12,8 @@ import textwrap
 import pytest
 import torch
 
-from ptlab.study.lock import LOCK_FILE, StudyLocked, read_holder, study_lock
+from ptlab.study.layout import LOCK_FILE
+from ptlab.study.lock import StudyLocked, read_holder, study_lock
 from ptlab.study.trial import TrialFiles
 
 
@@ -254,8 +255,9 @@ def test_a_restored_searcher_writes_to_the_journal_of_the_folder_it_was_restored
 
     from optuna.storages.journal import JournalFileBackend
 
+    from ptlab.study.layout import OPTUNA_JOURNAL, TUNE_DIR
     from ptlab.study.spec import validate_study
-    from ptlab.study.tuner import OPTUNA_JOURNAL, TUNE_DIR, _searcher
+    from ptlab.study.tuner import _searcher
 
     spec = validate_study({"name": "s", "method": "coop", "dataset": "world:shapes", "train": {"epochs": 4},
                            "search": {"space": {"lr": {"log_uniform": [1e-4, 1e-1]}}, "samples": 2}})

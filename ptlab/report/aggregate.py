@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel
 
 from ptlab.config import TrialConfig
+from ptlab.study.layout import STUDY_FILE
 from ptlab.study.reference import reference_store
 from ptlab.study.store import ENSEMBLE_SIZE, PHASE, ResultStore, is_ensemble
 
@@ -142,7 +143,7 @@ class StudyResults:
 def load_study(folder: str | Path) -> StudyResults:
     """Read a study folder; a study that is still running reads as what exists so far."""
     folder = Path(folder)
-    spec_path = folder / "study.yaml"
+    spec_path = folder / STUDY_FILE
     if not spec_path.is_file():
         raise FileNotFoundError(f"{folder}: not a study folder (no study.yaml)")
     spec_text = spec_path.read_text()

@@ -36,6 +36,7 @@ from ptlab.report.aggregate import (
 from ptlab.report.dashboard import Dashboard, choose_dashboard, load_dashboard
 from ptlab.report.figures import Rendered, render
 from ptlab.report.tuned import tuned_section
+from ptlab.study.layout import STUDY_FILE
 from ptlab.study.store import ENSEMBLE_SIZE
 
 PROVENANCE = ("ptlab_version", "git_commit", "torch_version", "open_clip_version", "ray_version")
@@ -72,7 +73,7 @@ def build_report(study_dir: str | Path, dashboard: str | Path | None = None, fix
     ``fixed`` is a tuned grid's fixed-hyperparameter twin, shown beside it.
     """
     study = load_study(study_dir)
-    board_path = choose_dashboard(study.spec, study.folder / "study.yaml", dashboard)
+    board_path = choose_dashboard(study.spec, study.folder / STUDY_FILE, dashboard)
     board = load_dashboard(board_path)
     cells = cell_summary(study.rows, study.keys, study.metrics) if not study.rows.is_empty() else pl.DataFrame()
     primary = [m for m in board.summary.metrics if m in study.metrics]

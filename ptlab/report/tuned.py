@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import polars as pl
 
 from ptlab.report.aggregate import COMPLETED, StudyResults, cell_summary, format_number, load_study, metric_columns
-from ptlab.study.spec import SELECTION_FILE
+from ptlab.study.layout import SELECTION_FILE
 
 RESULT = "test_acc"
 

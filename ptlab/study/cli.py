@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ptlab.study.layout import STUDY_FILE
+
 app = typer.Typer(no_args_is_help=True, help="Robustness grids and hyperparameter searches, every trial on Ray.")
 
 ADDRESS_HELP = (
@@ -77,12 +79,12 @@ def validate(
 
 def _execute(spec, study_dir: Path, address: str | None, cpus: int | None, command: str) -> None:
     """Run (command "run") or continue ("resume") the study in study_dir, holding the folder's lock throughout."""
+    from ptlab.study.layout import TUNE_DIR
     from ptlab.study.lock import StudyLocked, study_lock
-    from ptlab.study.tuner import TUNE_DIR
 
     try:
         with study_lock(study_dir, f"ptlab study {command}") as lock:
-            if command == "run" and (study_dir / "study.yaml").is_file():
+            if command == "run" and (study_dir / STUDY_FILE).is_file():
                 _fail(f"{study_dir} already holds a study; continue it with `ptlab study resume {study_dir}` "
                       "or choose another folder with --out")
             _clean_up_after_dead_driver(lock)
@@ -179,9 +181,9 @@ def resume(
 ):
     """Continue an interrupted study: finished trials are kept, unfinished ones resume from their checkpoints."""
     study_dir = study_dir.resolve()
-    if not (study_dir / "study.yaml").is_file():
+    if not (study_dir / STUDY_FILE).is_file():
         _fail(f"{study_dir}: not a study folder (no study.yaml); start a study with `ptlab study run STUDY.yaml`")
-    spec = _load(study_dir / "study.yaml")
+    spec = _load(study_dir / STUDY_FILE)
     _execute(spec, study_dir, address, cpus, "resume")
 
 
@@ -199,7 +201,7 @@ def watch(
 
     from ptlab.study.status import render_status, study_status
 
-    if not (study_dir / "study.yaml").is_file():
+    if not (study_dir / STUDY_FILE).is_file():
         _fail(f"{study_dir}: not a study folder (no study.yaml)")
     console = Console()
     summary, printed = study_status(study_dir), None
@@ -227,7 +229,7 @@ def status(study_dir: Path = typer.Argument(..., help="Study folder.")):
 
     from ptlab.study.status import render_status, study_status
 
-    if not (study_dir / "study.yaml").is_file():
+    if not (study_dir / STUDY_FILE).is_file():
         _fail(f"{study_dir}: not a study folder (no study.yaml)")
     summary = study_status(study_dir)
     Console().print(render_status(summary))

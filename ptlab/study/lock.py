@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-LOCK_FILE = "study.lock"
+from ptlab.study.layout import LOCK_FILE
 
 
 class StudyLocked(RuntimeError):

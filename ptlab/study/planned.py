@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ptlab.files import atomic_write
+from ptlab.study.layout import PLANNED
 from ptlab.study.spec import HASHED_KEYS, StudySpec
-
-PLANNED = "planned.json"
 
 
 def _hashed(spec: StudySpec) -> dict[str, Any]:

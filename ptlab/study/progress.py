@@ -22,12 +22,12 @@ from ray import tune
 
 from ptlab.files import atomic_write
 from ptlab.methods.base import STATUS_COMPLETED
+from ptlab.study.layout import DRIVER, PROGRESS
 from ptlab.study.spec import StudyKind
-from ptlab.study.status import PROGRESS, cells_done, clock, read_json, render_status
+from ptlab.study.status import cells_done, clock, read_json, render_status
 from ptlab.study.store import ResultStore
 from ptlab.study.trial import FINAL, TrialPlan
 
-DRIVER = "driver.json"  # who drives the study in this run: written before Tune starts
 HEARTBEAT_S = 2.0
 
 

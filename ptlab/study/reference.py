@@ -17,11 +17,11 @@ import traceback
 from pathlib import Path
 
 from ptlab.config import TrialConfig
+from ptlab.study.layout import REFERENCE_DIR, TRIALS_DIR
 from ptlab.study.spec import StudySpec
 from ptlab.study.store import KEY, ResultStore, TrialOutcome
 from ptlab.study.trial import TrialFiles, TrialPlan, execute
 
-REFERENCE_DIR = "reference"
 ZERO_SHOT = "zeroshot"
 # What a zero-shot prediction depends on; everything else of a trial config (shots included: the
 # evaluation splits do not depend on them) is training.
@@ -77,7 +77,7 @@ def record_references(spec: StudySpec, plan: TrialPlan) -> int:
         key = reference_key(cfg)
         if key in have:
             continue
-        files = TrialFiles(store.folder / "trials" / key)  # beside the outcome.json the store keeps
+        files = TrialFiles(store.folder / TRIALS_DIR / key)  # beside the outcome.json the store keeps
         started, error = time.perf_counter(), ""
         if files.read_record() is None:
             try:

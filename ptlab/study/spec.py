@@ -43,7 +43,6 @@ HASHED_KEYS = ("method", "base", "factors", "seeds", "search")
 # ASHA and the selection then judge configurations on ties.
 MIN_VALIDATION_IMAGES = 200
 # In a tuned grid's folder: each cell's selected configuration, written once between its two phases.
-SELECTION_FILE = "selection.json"
 
 
 @dataclass(frozen=True)

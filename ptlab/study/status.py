@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ptlab.methods.base import STATUS_COMPLETED
+from ptlab.study.layout import PROGRESS, STUDY_FILE
 from ptlab.study.store import PHASE, ResultStore
 
-PROGRESS = "progress.json"
 STALE_S = 30.0  # a heartbeat this old means no driver is running the study
 
 
@@ -89,9 +89,10 @@ def _driver_alive(progress: dict[str, Any]) -> bool:
 
 def study_status(study_dir: Path) -> dict[str, Any]:
     """What `ptlab study status` shows: stored results, and the driver's last snapshot if any."""
-    from ptlab.study.spec import SELECTION_FILE, load_study
+    from ptlab.study.layout import SELECTION_FILE
+    from ptlab.study.spec import load_study
 
-    spec = load_study(study_dir / "study.yaml")
+    spec = load_study(study_dir / STUDY_FILE)
     progress = read_json(study_dir / PROGRESS)
     df = ResultStore(study_dir).results()
     counts = dict(zip(*df["status"].value_counts().to_dict(as_series=False).values(), strict=True)) if df.height else {}

@@ -30,11 +30,8 @@ from typing import Any
 import polars as pl
 
 from ptlab.files import atomic_write
+from ptlab.study.layout import CURVES, ENSEMBLES, OUTCOME, RESULTS, TRIALS_DIR
 
-RESULTS = "results.parquet"
-CURVES = "curves.parquet"
-OUTCOME = "outcome.json"  # in each trial's folder: what its results and curve rows are built from
-ENSEMBLES = "ensembles.json"  # in the study folder: the ensemble rows, likewise
 KEY = "tune_trial_id"
 # Set on ensemble rows only: what tells them from trial rows, here and in reports.
 ENSEMBLE_SIZE = "ensemble_size"
@@ -198,7 +195,7 @@ class ResultStore:
     def add(self, outcome: TrialOutcome) -> None:
         # read first: a missing file is rebuilt from the outcomes recorded before this one
         curves, rows = self.curves(), self.rows()
-        folder = self.folder / "trials" / outcome.key
+        folder = self.folder / TRIALS_DIR / outcome.key
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / OUTCOME, json.dumps(asdict(outcome), default=str).encode())
         curve = pl.DataFrame(outcome.curve_rows()) if outcome.curve else None

@@ -27,6 +27,7 @@ from typing import Any
 
 from ptlab.config import TrialConfig
 from ptlab.files import atomic_save, atomic_write
+from ptlab.study.layout import TRIALS_DIR
 
 FINAL = "final"  # set on the one result a trial sends after its recipe returned
 
@@ -148,7 +149,7 @@ class TrialPlan:
         return Path(self.study_dir)
 
     def files(self, key: str) -> TrialFiles:
-        return TrialFiles(Path(self.study_dir) / "trials" / key)
+        return TrialFiles(Path(self.study_dir) / TRIALS_DIR / key)
 
     def sends(self, epoch: int) -> bool:
         """Whether the metrics of `epoch` go to Tune."""

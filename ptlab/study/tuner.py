@@ -34,16 +34,14 @@ from ptlab.files import atomic_write
 from ptlab.methods.base import STATUS_FAILED, STATUS_PRUNED
 from ptlab.study.cluster import RayConnection
 from ptlab.study.ensembles import record_ensembles
+from ptlab.study.layout import OPTUNA_JOURNAL, RERUN_DIR, SELECTION_FILE, STUDY_FILE, TUNE_DIR
 from ptlab.study.planned import refuse_if_changed, write_planned
 from ptlab.study.progress import Progress, write_driver
 from ptlab.study.reference import record_references
-from ptlab.study.spec import SELECTION_FILE, StudySpec
+from ptlab.study.spec import StudySpec
 from ptlab.study.store import KEY, PHASE, ResultStore, TrialOutcome
 from ptlab.study.trial import FINAL, TrialPlan, run_trial_fn
 
-TUNE_DIR = "tune"  # a grid's or search's experiment, and a tuned grid's search phase
-RERUN_DIR = "tune_reruns"
-OPTUNA_JOURNAL = "journal.log"
 SEARCH_PHASE, RERUN_PHASE = "search", "rerun"
 
 
@@ -597,7 +595,6 @@ def rerun_configs(spec: StudySpec, selection: dict[str, Any]):
 # --- running ---------------------------------------------------------------------------
 
 
-STUDY_FILE = "study.yaml"
 
 
 def _run_phase(spec: StudySpec, study_dir: Path, connection: RayConnection, phase: str) -> bool:
