@@ -7,6 +7,7 @@ matter to the image encoder) its feature cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -202,6 +203,32 @@ class TrialConfig(Frozen):
                 node = node.setdefault(p, {})
             node[leaf] = value
         return TrialConfig.model_validate(data)
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted columns (`train.lr`); open mappings and lists become JSON strings so every column is a scalar."""
+    out: dict[str, Any] = {}
+    for name, value in config.items():
+        column = f"{prefix}{name}"
+        if isinstance(value, dict) and name != "method_options":
+            out.update(flatten_config(value, f"{column}."))
+        elif isinstance(value, dict | list | tuple):
+            out[column] = json.dumps(value, sort_keys=True)
+        else:
+            out[column] = value
+    return out
+
+
+
+@functools.cache
+def config_columns() -> frozenset[str]:
+    """Every TrialConfig field as a results table holds it (dotted paths; method_options one JSON column)."""
+    return frozenset(flatten_config(TrialConfig().model_dump(mode="json")))
+
+
+def is_config_column(column: str) -> bool:
+    # method_options' keys are spread into method_options.<key> columns by reports; they cannot be listed
+    return column in config_columns() or column.startswith("method_options.")
 
 
 class ConfigError(ValueError):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptlab.config import TrialConfig
+from ptlab.config import is_config_column
 from ptlab.files import atomic_save
 from ptlab.methods.registry import METHODS
 from ptlab.metrics import accuracy, mean_per_class_accuracy
@@ -107,19 +107,8 @@ def ensemble_rows(
     return out
 
 
-def _flat_paths(tree: dict[str, Any], prefix: str = "") -> set[str]:
-    paths = set()
-    for key, value in tree.items():
-        paths |= _flat_paths(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
-    return paths
-
-
-# method_options is an open mapping that results tables keep as one JSON column.
-CONFIG_COLUMNS = frozenset(_flat_paths(TrialConfig().model_dump(mode="json")) - {"seed"} | {"method_options"})
-
-
 def _is_config(column: str) -> bool:
-    return column in CONFIG_COLUMNS or column.startswith("method_options.")
+    return column != "seed" and is_config_column(column)
 
 
 def _no_ensemble(cell_id: str, trials: list[dict], size: int) -> dict[str, Any]:

@@ -22,23 +22,21 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import yaml
-from pydantic import BaseModel
 
-from ptlab.config import TrialConfig
+from ptlab.config import is_config_column
+from ptlab.methods.base import STATUS_COLLAPSED, STATUS_COMPLETED, STATUS_FAILED, STATUS_NAN, STATUS_PRUNED
 from ptlab.study.layout import STUDY_FILE
 from ptlab.study.reference import reference_store
 from ptlab.study.store import ENSEMBLE_SIZE, PHASE, ResultStore, is_ensemble
 
-COMPLETED = "completed"
-PRUNED = "pruned"
+COMPLETED, PRUNED = STATUS_COMPLETED, STATUS_PRUNED
 # Trials that ran but whose numbers must not enter a mean; a cell lists them.
-EXCLUDED = ("flagged_nan", "flagged_collapse", "failed")
+EXCLUDED = (STATUS_NAN, STATUS_COLLAPSED, STATUS_FAILED)
 NOISE = "noise_rate"
 
 _RECORD_COLUMNS = {"trial_id", "cell_id", "status", "error"}
@@ -66,28 +64,6 @@ UNCERTAINTY = (
     "clipped to 0–100 % for percentages, and draw the seeds themselves as points where n < "
     f"{MIN_SEEDS_FOR_CI}. Counts and timings get no interval."
 )
-
-
-@cache
-def config_columns() -> frozenset[str]:
-    """Every TrialConfig field path as results.parquet flattens it (``train.lr``)."""
-
-    def walk(model: type[BaseModel], prefix: str) -> set[str]:
-        paths: set[str] = set()
-        for name, field in model.model_fields.items():
-            kind = field.annotation
-            if isinstance(kind, type) and issubclass(kind, BaseModel):
-                paths |= walk(kind, f"{prefix}{name}.")
-            else:
-                paths.add(prefix + name)
-        return paths
-
-    return frozenset(walk(TrialConfig, ""))
-
-
-def is_config_column(column: str) -> bool:
-    # method_options is a free mapping, flattened into columns we cannot list.
-    return column in config_columns() or column.startswith("method_options.")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 import polars as pl
 
+from ptlab.config import flatten_config
 from ptlab.files import atomic_write
 from ptlab.study.layout import CURVES, ENSEMBLES, OUTCOME, RESULTS, TRIALS_DIR
 
@@ -50,20 +51,6 @@ PROVENANCE_COLUMNS = {
 def is_ensemble(rows: pl.DataFrame) -> pl.Expr:
     """Which rows of a results table are seed ensembles: only they carry an ensemble_size."""
     return pl.col(ENSEMBLE_SIZE).is_not_null() if ENSEMBLE_SIZE in rows.columns else pl.lit(False)
-
-
-def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted columns (`train.lr`); open mappings and lists become JSON strings so every column is a scalar."""
-    out: dict[str, Any] = {}
-    for name, value in config.items():
-        column = f"{prefix}{name}"
-        if isinstance(value, dict) and name != "method_options":
-            out.update(flatten_config(value, f"{column}."))
-        elif isinstance(value, dict | list | tuple):
-            out[column] = json.dumps(value, sort_keys=True)
-        else:
-            out[column] = value
-    return out
 
 
 def _number(value: Any) -> float | int | None:
