@@ -148,8 +148,7 @@ def world_pretrain(
 def _measure_card(backbone: str, record: dict, folder: Path | None, cache_dir: Path | None = None) -> None:
     import tempfile
 
-    from ptlab.models.backbone import WORLD_ASSETS
-    from ptlab.world.card import (
+    from ptlab.card import (
         HEADROOM,
         figure3_cases,
         graded_cases,
@@ -159,6 +158,7 @@ def _measure_card(backbone: str, record: dict, folder: Path | None, cache_dir: P
         trials_store,
         write_card,
     )
+    from ptlab.models.backbone import WORLD_ASSETS
 
     source = f"local-dir:{folder}" if folder else f"world:{backbone}"
     if cache_dir is None:
@@ -192,7 +192,7 @@ def world_card(
                                               "measurement resumes (default: a temporary folder)."),
 ):
     """Measure a tiny CLIP's model card again (zero-shot, linear probes, CoOp, noise), keeping its training record."""
-    from ptlab.world.card import read_card, training_record
+    from ptlab.card import read_card, training_record
 
     try:
         card = read_card(backbone, folder)

@@ -78,7 +78,7 @@ def test_coop_beats_zero_shot_on_world_shapes_where_the_photo_template_fits_poor
     On photos the world's captions make the zero-shot template as good as the
     image features allow (87.8; CoOp 83.1), so the gain shows where the template
     and the images disagree in style, as on EuroSAT for real CLIP."""
-    from ptlab.world.card import card_key, coop_trial_config, zero_shot_table
+    from ptlab.card import card_key, coop_trial_config, zero_shot_table
 
     zero_shot = zero_shot_table("world:tiny-rn", feature_cache, tasks=("shapes",), domains=(domain,))[card_key("shapes", domain)]
     coop = [

@@ -2,10 +2,7 @@
 
 import pytest
 
-from ptlab.methods import run_trial
-from ptlab.methods.base import TrialContext
-from ptlab.models.backbone import WORLD_ASSETS, WORLD_BACKBONES
-from ptlab.world.card import (
+from ptlab.card import (
     HEADROOM,
     PROMPT_TUNING_CASES,
     PROMPT_TUNING_SEEDS,
@@ -16,6 +13,9 @@ from ptlab.world.card import (
     read_card,
     zero_shot_table,
 )
+from ptlab.methods import run_trial
+from ptlab.methods.base import TrialContext
+from ptlab.models.backbone import WORLD_ASSETS, WORLD_BACKBONES
 
 # The card's bar for every shipped backbone (single template, test split).
 QUALITY_BAR = {"colors": 95.0, "shapes": 60.0, "color-shapes": 40.0}
@@ -92,7 +92,7 @@ def test_prompt_tuning_table_and_headroom_bar(feature_cache):
 
 
 def test_figure3_graded_and_noise_bars():
-    from ptlab.world.card import figure3_cases, graded_cases, noise_effect_holds
+    from ptlab.card import figure3_cases, graded_cases, noise_effect_holds
 
     def row(zero_shot, coop, lp16, lp1):
         return {"zero_shot": zero_shot, "coop_mean": coop, "gain": coop - zero_shot, "linear_probe_16_mean": lp16, "linear_probe_1_mean": lp1}
@@ -119,7 +119,7 @@ def test_figure3_graded_and_noise_bars():
 
 
 def test_card_trials_run_once_and_resume_from_their_store(tmp_path, monkeypatch):
-    import ptlab.world.card as card
+    import ptlab.card as card
     from ptlab.config import TrialConfig
 
     runs = []

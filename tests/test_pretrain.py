@@ -43,7 +43,7 @@ def test_world_card_remeasures_and_keeps_the_training_record(tmp_path, monkeypat
 
     from typer.testing import CliRunner
 
-    import ptlab.world.card as card
+    import ptlab.card as card
     from ptlab.cli import app
 
     folder = tmp_path / "tiny-rn"

@@ -1,7 +1,8 @@
 """Model cards of the shipped tiny CLIPs: measured zero-shot accuracy per world
 task and style, linear probes and CoOp at 1 to 16 shots beside it, three-seed
 comparisons on chosen cases, and CoOp under label noise, with the bars the
-world is held to (world.md, issue 15)."""
+world is held to (world.md, issue 15). It runs methods, so it sits above
+both `world/` (which only renders tasks and pretrains) and `methods/`."""
 
 from __future__ import annotations
 
