@@ -152,6 +152,37 @@ def test_grid_inline_end_to_end_with_a_trial_that_keeps_failing(cluster, random_
     stored = yaml.safe_load((tmp_path / "study.yaml").read_text())
     assert stored["planned_trials"] == 4 and stored["name"] == "grid_inline"
     assert (tmp_path / "features").is_dir()
+    # the study's progress as Ray metrics: what a Prometheus scrape of the node's metrics port carries
+    gauges = scraped_gauges("ray_ptlab_study_trials", {"done": 4.0, "failed": 2.0}, study="grid_inline")
+    assert gauges["done"] == 4.0 and gauges["planned"] == 4.0 and gauges["failed"] == 2.0
+    assert gauges["flagged_collapse"] == 2.0 and gauges["running"] == 0.0
+
+
+def scraped_gauges(name: str, expected: dict[str, float], study: str, timeout_s: float = 60) -> dict[str, float]:
+    """The gauge `name` of `study` by its state tag, read from the head node's Prometheus endpoint.
+
+    Waits (Ray exports recorded values every few seconds) until the values in `expected` are there.
+    """
+    import re
+    import urllib.request
+
+    import ray
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    pattern = re.compile(rf'^{name}{{(?P<tags>[^}}]*)}} (?P<value>\S+)$')
+    deadline, found = time.time() + timeout_s, {}
+    while time.time() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        found = {}
+        for line in text.splitlines():
+            match = pattern.match(line)
+            if match and f'study="{study}"' in match["tags"]:
+                state = re.search(r'state="([^"]*)"', match["tags"])[1]
+                found[state] = float(match["value"])
+        if all(found.get(k) == v for k, v in expected.items()):
+            return found
+        time.sleep(1)
+    raise AssertionError(f"{name} of study {study} never showed {expected} on port {port}; last seen {found}")
 
 
 def test_upl_grid_stores_its_seed_ensemble_once(cluster, tmp_path):
