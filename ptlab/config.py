@@ -219,7 +219,6 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-
 @functools.cache
 def config_columns() -> frozenset[str]:
     """Every TrialConfig field as a results table holds it (dotted paths; method_options one JSON column)."""

@@ -64,3 +64,8 @@ def base_and_new(bundle: DatasetBundle) -> tuple[DatasetBundle, DatasetBundle]:
 
 def harmonic_mean(base_acc: float, new_acc: float) -> float:
     return 0.0 if base_acc + new_acc == 0 else 2 * base_acc * new_acc / (base_acc + new_acc)
+
+
+def base_new_metrics(base_acc: float, new_acc: float) -> dict[str, float]:
+    """What a base-to-new trial reports beside its test accuracy (which is base_acc)."""
+    return {"base_acc": base_acc, "new_acc": new_acc, "hm": harmonic_mean(base_acc, new_acc)}

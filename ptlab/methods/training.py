@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ptlab.config import TrialConfig
-from ptlab.data.base_new import harmonic_mean
+from ptlab.data.base_new import base_new_metrics
 from ptlab.data.sources import class_counts
 from ptlab.losses import make_loss
 from ptlab.methods.base import TrialContext, TrialRecord, sanity_status, shot_group_metrics, shot_group_sizes
@@ -59,7 +59,8 @@ class TrainingLoop:
         self.curves = list(state["curves"])
 
     def _state(self, epoch: int) -> dict:
-        trainable = {k: v for k, v in self.classifier.state_dict().items() if k in self._trainable_names()}
+        names = self._trainable_names()
+        trainable = {k: v for k, v in self.classifier.state_dict().items() if k in names}
         # Deep copy: the live tensors and lists keep changing after this call returns.
         return copy.deepcopy(
             {
@@ -105,28 +106,35 @@ class TrainingLoop:
     @torch.no_grad()
     def scores(self, features: torch.Tensor, classifier: torch.nn.Module | None = None) -> torch.Tensor:
         """Logits (N, C) on the CPU, in evaluation mode (of the trained classifier unless another is given)."""
-        score = self.logits if classifier is None else classifier
-        (classifier or self.classifier).eval()
+        if classifier is None:
+            self.classifier.eval()
+            score = self.logits
+        else:
+            classifier.eval()
+            score = classifier
         out = [score(features[i : i + 4096].to(self.ctx.device)).float().cpu() for i in range(0, len(features), 4096)]
         return torch.cat(out) if out else torch.zeros(0, self.setup.n_classes)
 
     def predict(self, features: torch.Tensor, classifier: torch.nn.Module | None = None) -> np.ndarray:
         return self.scores(features, classifier).argmax(-1).numpy()
 
-    def new_class_metrics(self) -> dict[str, float]:
-        """Base-to-new: what was learned, moved into a classifier of the held-out names, on their test images."""
+    def new_class_metrics(self, base_pred: np.ndarray) -> dict[str, float]:
+        """Base-to-new: what was learned, moved into a classifier of the held-out names, on their test images.
+
+        `base_pred` are the trained classifier's predictions on the base test images.
+        """
         new = self.setup.new_classes
         if self.for_classes is None:
             raise ValueError(f"method {self.cfg.method!r} cannot classify classes it was not built for; "
                              "set data.base_to_new: false")
         classifier = self.for_classes(new.classnames).to(self.ctx.device)
+        names = self._trainable_names()
         learned = {k: v for k, v in self.classifier.state_dict().items()
-                   if k in self._trainable_names() and not k.endswith("class_embeddings")}
+                   if k in names and not k.endswith("class_embeddings")}
         classifier.load_state_dict(learned, strict=False)
         test = new.split("test")
         new_acc = 100 * accuracy(self.predict(self.setup.cache.features(test), classifier), test.labels)
-        base_acc = 100 * accuracy(self.predict(self.setup.test_features), self.setup.test_labels)
-        return {"base_acc": base_acc, "new_acc": new_acc, "hm": harmonic_mean(base_acc, new_acc)}
+        return base_new_metrics(100 * accuracy(base_pred, self.setup.test_labels), new_acc)
 
     def fit(self) -> list[dict[str, float]]:
         s, train = self.setup, self.cfg.train
@@ -142,9 +150,10 @@ class TrainingLoop:
         return self.curves
 
     def finish(self, extra: dict | None = None) -> TrialRecord:
+        test_pred = self.predict(self.setup.test_features)
         if self.setup.new_classes is not None:
-            extra = {**self.new_class_metrics(), **(extra or {})}
-        return trial_record(self.cfg, self.setup, self.predict(self.setup.test_features), self.curves, extra)
+            extra = {**self.new_class_metrics(test_pred), **(extra or {})}
+        return trial_record(self.cfg, self.setup, test_pred, self.curves, extra)
 
 
 def trial_record(

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ptlab.config import TrialConfig
-from ptlab.data.base_new import base_and_new, harmonic_mean
+from ptlab.data.base_new import base_and_new, base_new_metrics
 from ptlab.data.features import FeatureCache
 from ptlab.data.sources import DatasetBundle, load_dataset
 from ptlab.data.templates import resolve_templates
@@ -49,7 +49,7 @@ def run(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
             details["per_class_acc"] = (100 * per_class_accuracy(pred, data.labels, bundle.n_classes)).tolist()
     if new is not None:
         new_acc = 100 * accuracy(_predict(backbone, cache, new, "test", cfg), new.split("test").labels)
-        metrics.update(base_acc=metrics["test_acc"], new_acc=new_acc, hm=harmonic_mean(metrics["test_acc"], new_acc))
+        metrics.update(base_new_metrics(metrics["test_acc"], new_acc))
     ctx.log(f"zero-shot {cfg.backbone} on {cfg.dataset}: test {metrics.get('test_acc', float('nan')):.2f}%")
     status = sanity_status(metrics, [], bundle.n_classes)
     return TrialRecord(cfg.trial_id, cfg.model_dump(mode="json"), metrics, status=status, details=details)

@@ -42,7 +42,6 @@ HASHED_KEYS = ("method", "base", "factors", "seeds", "search")
 # Fewer validation images than this rank accuracies in steps of over half a point:
 # ASHA and the selection then judge configurations on ties.
 MIN_VALIDATION_IMAGES = 200
-# In a tuned grid's folder: each cell's selected configuration, written once between its two phases.
 
 
 @dataclass(frozen=True)

@@ -595,8 +595,6 @@ def rerun_configs(spec: StudySpec, selection: dict[str, Any]):
 # --- running ---------------------------------------------------------------------------
 
 
-
-
 def _run_phase(spec: StudySpec, study_dir: Path, connection: RayConnection, phase: str) -> bool:
     """One Tune experiment of the study, restored if an earlier driver started it; True once every trial ended."""
     started = (study_dir / phase_dir(phase) / "tuner.pkl").is_file()
