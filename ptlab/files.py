@@ -14,7 +14,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 
 def atomic_save(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -35,3 +35,13 @@ def atomic_save(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
     return atomic_save(path, lambda handle: handle.write(data))
+
+
+class SharedFiles(Protocol):
+    """A folder other machines read and write too (a study storage's): files fetched into, and published from, local paths."""
+
+    def fetch(self, name: str, local: Path) -> bool:
+        """Copy the shared file `name` to `local` (replacing it at once); False where it has none."""
+
+    def publish(self, local: Path, name: str) -> None:
+        """Copy `local` to the shared file `name`."""

@@ -23,7 +23,7 @@ import torch
 from torchvision.transforms import v2 as T
 
 from ptlab.data.sources import Split
-from ptlab.files import atomic_save
+from ptlab.files import SharedFiles, atomic_save
 from ptlab.models.backbone import Backbone
 
 CACHE_FORMAT = 1
@@ -111,6 +111,9 @@ class FeatureCache:
     backbone: Backbone
     crop_scale: tuple[float, float] = (0.08, 1.0)
     images_encoded: int = 0  # encoder work done by this cache object (benchmarks count it)
+    # Other machines' caches (a cluster's study storage): a file missing here is looked for
+    # there before it is computed, and what is computed here is published there.
+    shared: SharedFiles | None = None
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -159,6 +162,8 @@ class FeatureCache:
         payload = self._read(path)
         known = {} if payload is None else {int(i): k for k, i in enumerate(payload["index"].tolist())}
         missing = np.array(sorted({int(i) for i in indices} - known.keys()), dtype=np.int64)
+        if len(missing) and self.shared is not None:
+            payload, known, missing = self._from_shared(path, payload, known, indices)
         if len(missing):
             pixels = load_pixels(split, missing, self._eval if view == 0 else self.train_transform, view)
             new = encode_images(self.backbone, pixels)
@@ -166,10 +171,28 @@ class FeatureCache:
             feats = new if payload is None else torch.cat([payload["features"], new])
             index = torch.from_numpy(missing) if payload is None else torch.cat([payload["index"], torch.from_numpy(missing)])
             self._write(path, feats, index)
+            if self.shared is not None:
+                self.shared.publish(path, self._shared_name(path))
             known = {int(i): k for k, i in enumerate(index.tolist())}
         else:
             feats = payload["features"]
         return feats[torch.tensor([known[int(i)] for i in indices], dtype=torch.long)]
+
+    def _shared_name(self, path: Path) -> str:
+        return path.relative_to(self.root / "features").as_posix()
+
+    def _from_shared(self, path: Path, payload: dict | None, known: dict, indices: np.ndarray):
+        """The shared copy of the file where it holds every image this one does and more; else this one."""
+        fetched = path.with_name(path.name + ".shared")
+        if not self.shared.fetch(self._shared_name(path), fetched):
+            return payload, known, np.array(sorted({int(i) for i in indices} - known.keys()), dtype=np.int64)
+        theirs = self._read(fetched)
+        fetched.unlink(missing_ok=True)
+        if theirs is not None and set(theirs["index"].tolist()) > set(known):
+            self._write(path, theirs["features"], theirs["index"])
+            payload = theirs
+            known = {int(i): k for k, i in enumerate(theirs["index"].tolist())}
+        return payload, known, np.array(sorted({int(i) for i in indices} - known.keys()), dtype=np.int64)
 
     def view_features(self, split: Split, indices, views: int) -> torch.Tensor:
         """(views, len(indices), E) features of the augmented views 1..views."""

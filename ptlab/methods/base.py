@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ptlab.config import TrialConfig
+from ptlab.files import SharedFiles
 from ptlab.metrics import FEW_SHOT_AT_MOST, SHOT_GROUPS, shot_group_accuracy, shot_groups
 
 if TYPE_CHECKING:
@@ -67,6 +68,14 @@ class TrialContext:
     # study-level ensemble averages later). The runner names a folder per trial
     # that outlives the worker, inside the study folder; None keeps no files.
     artifacts_dir: Path | None = None
+    # Features other nodes of a cluster computed (ptlab.data.features.FeatureCache.shared); None: this node's cache only.
+    shared_cache: SharedFiles | None = None
+
+    def feature_cache(self, backbone, **options):
+        """The frozen-feature cache trials of this context share."""
+        from ptlab.data.features import FeatureCache
+
+        return FeatureCache(self.cache_dir, backbone, shared=self.shared_cache, **options)
 
     @classmethod
     def for_config(cls, cfg: TrialConfig, **kwargs) -> TrialContext:

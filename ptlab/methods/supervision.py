@@ -113,7 +113,7 @@ def prepare_supervised(
     if cfg.data.base_to_new:
         bundle, new_classes = base_and_new(bundle)
     backbone = load_backbone(cfg.backbone, ctx.device, cfg.precision)
-    cache = FeatureCache(ctx.cache_dir, backbone, crop_scale=tuple(cfg.train.crop_scale))
+    cache = ctx.feature_cache(backbone, crop_scale=tuple(cfg.train.crop_scale))
     train = training_set(cfg, bundle, backbone, cache)
     train_split = bundle.split("train")
     if not (augment and cfg.train.augment):

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ptlab.config import TrialConfig
-from ptlab.data.features import FeatureCache, encode_images, eval_transform, load_pixels, train_transform
+from ptlab.data.features import encode_images, eval_transform, load_pixels, train_transform
 from ptlab.data.fewshot import few_shot_indices
 from ptlab.data.shift import UNKNOWN, ClassShift, class_shift
 from ptlab.data.sources import DatasetBundle, ImageStore, Split, load_dataset
@@ -249,7 +249,7 @@ class UeoTrainer:
         self.scale = self.backbone.model.logit_scale.exp().detach().float()
         self.train_split, self.test_split = self.data.train, self.data.test
         # Everything read from the cache is the initial encoder's: read it all before any step.
-        cache = FeatureCache(ctx.cache_dir, self.backbone)
+        cache = ctx.feature_cache(self.backbone)
         with torch.no_grad():
             text = self.learner()
             self.test_cosines = _cosines(cache.features(self.test_split), text)

@@ -36,7 +36,7 @@ def run(cfg: TrialConfig, ctx: TrialContext) -> TrialRecord:
     if cfg.data.base_to_new:
         bundle, new = base_and_new(bundle)
     backbone = load_backbone(cfg.backbone, ctx.device, cfg.precision)
-    cache = FeatureCache(ctx.cache_dir, backbone)
+    cache = ctx.feature_cache(backbone)
     metrics, details = {}, {}
     for split in ("val", "test"):
         if split not in bundle.splits:

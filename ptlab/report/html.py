@@ -36,7 +36,7 @@ from ptlab.report.aggregate import (
 from ptlab.report.dashboard import Dashboard, choose_dashboard, load_dashboard
 from ptlab.report.figures import Rendered, render
 from ptlab.report.tuned import tuned_section
-from ptlab.study.layout import STUDY_FILE
+from ptlab.study.layout import REPORT_DIR, STUDY_FILE
 from ptlab.study.store import ENSEMBLE_SIZE
 
 PROVENANCE = ("ptlab_version", "git_commit", "torch_version", "open_clip_version", "ray_version")
@@ -78,7 +78,7 @@ def build_report(study_dir: str | Path, dashboard: str | Path | None = None, fix
     cells = cell_summary(study.rows, study.keys, study.metrics) if not study.rows.is_empty() else pl.DataFrame()
     primary = [m for m in board.summary.metrics if m in study.metrics]
     robustness = robustness_summary(cells, study.keys, (primary or ["test_acc"])[0]) if not cells.is_empty() else pl.DataFrame()
-    out = study.folder / "report"
+    out = study.folder / REPORT_DIR
     tables = export_tables(study, cells, robustness, out, primary)
     figures = [render(spec, study, cells) for spec in board.figures]
     page = out / "index.html"

@@ -17,6 +17,11 @@ ADDRESS_HELP = (
     "RAY_AUTH_TOKEN or ~/.ray/auth_token."
 )
 CPUS_HELP = "CPUs of the local Ray cluster (default: all cores). Ignored with --address."
+STORAGE_HELP = (
+    "Where trials' files and the study's results go, for a cluster of several nodes: s3://BUCKET/PREFIX, gs://..., "
+    "or a path every node mounts (endpoint and credentials from the usual environment, e.g. AWS_ENDPOINT_URL). "
+    "Default: the study's `storage`, else only the study folder."
+)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -153,6 +158,13 @@ def _summarise(spec, study_dir: Path) -> None:
         _fail(f"the study finished but its report failed: {type(err).__name__}: {err}\n"
               f"results are in {study_dir}; rebuild the report with `ptlab report {study_dir}`", code=1)
     typer.echo(f"report: {html.resolve().as_uri()}\n  (rebuild and open it in a browser: ptlab report {study_dir} --open)")
+    if spec.storage:
+        from ptlab.study.storage import open_storage, publish_study_files
+
+        storage = open_storage(spec.storage)
+        publish_study_files(study_dir, storage)
+        typer.echo(f"stored in {storage.uri} (results, curves, report; trials under trials/); "
+                   f"a report from there alone: ptlab report {storage.uri}")
 
 
 @app.command()
@@ -163,8 +175,14 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show the plan; run nothing."),
     cpus: int = typer.Option(None, help=CPUS_HELP),
     overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    storage: str = typer.Option(None, help=STORAGE_HELP),
 ):
     """Validate, run every trial on Ray, store results and write the report."""
+    if storage is not None:
+        from ptlab.study.storage import normalise_uri
+
+        # a --set like any other, so the study folder keeps it and its errors read the same
+        overrides = [*(overrides or []), f"storage={normalise_uri(storage)}"]
     spec = _load(study, overrides)
     _describe(spec)
     if dry_run:

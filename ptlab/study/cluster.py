@@ -174,3 +174,67 @@ def pin_ray_address() -> None:
     import ray
 
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+def _probe_write(target: str, relative: str, token: str) -> str:
+    """Run on one node: write `token` where the study's trials will write; the error text, or "" once written."""
+    from ptlab.study.storage import open_storage
+
+    try:
+        open_storage(target).write_bytes(relative, token.encode())
+    except Exception as err:  # reported to the driver, which refuses the study with it
+        return f"{type(err).__name__}: {err}"
+    return ""
+
+
+def check_nodes_reach(study_dir: Path, storage: str | None, connection: RayConnection) -> int:
+    """Refuse a study whose trials' files some node could not hand to the driver; returns how many nodes were probed.
+
+    On a cluster ptlab joined, or one of several nodes, a task on every node
+    that can run trials writes a file where its trials will write (the
+    storage, or else the study folder as that node sees it) and the driver
+    reads it back. A local cluster ptlab started is one node on the driver's
+    disk, and is not probed.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from ptlab.study.storage import open_storage
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and
+             (n["Resources"].get("CPU", 0) > 0 or n["Resources"].get("GPU", 0) > 0)]
+    if connection.started_here and len(nodes) <= 1:
+        return 0
+    target = storage or str(study_dir)
+    reader = open_storage(target)
+    token = uuid.uuid4().hex
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe_write)
+    pending = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+               .remote(target, f".probe/{n['NodeID'][:12]}-{token[:8]}", token) for n in nodes}
+    fix = ("give the study a storage every node reaches: --storage s3://BUCKET/PREFIX (endpoint and credentials from "
+           "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), gs://..., or a path every node mounts (README: Studies on a cluster)")
+    try:
+        for node in nodes:
+            where = f"node {node['NodeManagerAddress']} ({node.get('NodeManagerHostname', '?')}, id {node['NodeID'][:12]})"
+            relative = f".probe/{node['NodeID'][:12]}-{token[:8]}"
+            try:
+                error = ray.get(pending[node["NodeID"]], timeout=120)
+            except (ray.exceptions.RayError, TimeoutError) as err:
+                raise RuntimeError(f"{where} did not answer the storage check ({type(err).__name__}); "
+                                   "check the node, then run the study again") from None
+            if error:
+                raise RuntimeError(f"{where} cannot write its trials' files to {reader.display(relative)}: {error}; "
+                                   f"{fix}")
+            if reader.read_bytes(relative) != token.encode():
+                raise RuntimeError(f"{where} wrote {reader.display(relative)}, but this driver does not find it there: "
+                                   f"that node's trials would write results the driver never reads. The study folder "
+                                   f"is not shared with it; {fix}")
+    finally:
+        for node in nodes:
+            try:
+                reader.filesystem.delete_file(reader.path(f".probe/{node['NodeID'][:12]}-{token[:8]}"))
+            except OSError:
+                pass
+        if reader.is_local:
+            shutil.rmtree(reader.path(".probe"), ignore_errors=True)
+    return len(nodes)

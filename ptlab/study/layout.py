@@ -30,3 +30,4 @@ RESULTS = "results.parquet"
 CURVES = "curves.parquet"
 ENSEMBLES = "ensembles.json"  # in the study folder: the ensemble rows, likewise
 REFERENCE_DIR = "reference"
+REPORT_DIR = "report"

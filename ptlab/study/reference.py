@@ -60,6 +60,10 @@ def reference_store(study_dir: str | Path) -> ResultStore:
     return ResultStore(Path(study_dir) / REFERENCE_DIR)
 
 
+def _execute_on_node(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan) -> None:
+    execute(cfg, files.on_node(), plan, None, writer=True)
+
+
 def record_references(spec: StudySpec, plan: TrialPlan) -> int:
     """Run (on Ray) and store the zero-shot reference rows the study still lacks; returns how many it added."""
     import ray
@@ -71,19 +75,22 @@ def record_references(spec: StudySpec, plan: TrialPlan) -> int:
     store.folder.mkdir(parents=True, exist_ok=True)
     stored = store.results()
     have = set(stored[KEY].to_list()) if stored.height else set()
-    run_remote = ray.remote(num_cpus=plan.cpu, num_gpus=plan.gpu)(execute)
+    run_remote = ray.remote(num_cpus=plan.cpu, num_gpus=plan.gpu)(_execute_on_node)
     added = 0
     for cfg in reference_configs(spec):
         key = reference_key(cfg)
         if key in have:
             continue
-        files = TrialFiles(store.folder / TRIALS_DIR / key)  # beside the outcome.json the store keeps
+        # beside the outcome.json the store keeps, and with a storage in the same place there
+        files = TrialFiles(store.folder / TRIALS_DIR / key, plan.storage, f"{REFERENCE_DIR}/{TRIALS_DIR}/{key}")
+        files.pull()
         started, error = time.perf_counter(), ""
         if files.read_record() is None:
             try:
-                ray.get(run_remote.remote(cfg, files, plan, lambda row: None, True))
+                ray.get(run_remote.remote(cfg, files, plan))
             except Exception:  # a failed reference is stored as failed; the study's own results stand
                 error = traceback.format_exc()[-4000:]
+            files.pull()
         record = files.read_record()
         timings = {"wall_s": round(time.perf_counter() - started, 3), "finished_at": time.time(), "attempts": 1}
         common = dict(key=key, trial_id=cfg.trial_id, cell_id=cfg.trial_id, config=cfg.model_dump(mode="json"), curve=[])

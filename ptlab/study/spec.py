@@ -32,7 +32,7 @@ from ptlab.study.space import (
 
 STUDY_KEYS = (
     "name", "description", "method", "factors", "seeds", "ensemble", "search", "selection", "resources", "runner",
-    "retries", "max_concurrent", "report", "planned_trials", "spec_hash",
+    "retries", "max_concurrent", "report", "storage", "planned_trials", "spec_hash",
 )
 TRIAL_KEYS = tuple(k for k in TrialConfig.model_fields if k not in ("method", "seed"))
 # Keys that change which trials run or what they compute; the rest is how they run. The
@@ -128,6 +128,9 @@ class StudySpec(Frozen):
     retries: int = Field(1, ge=0)
     max_concurrent: int | None = Field(None, ge=1)
     report: str | None = None
+    # Where trials' files and the study's results go when several nodes run it (ptlab.study.storage):
+    # where a study is kept, not what it computes, so outside its hash.
+    storage: str | None = None
     planned_trials: int | None = None
     spec_hash: str | None = None
 
@@ -198,6 +201,8 @@ class StudySpec(Frozen):
         if self.max_concurrent:
             out["max_concurrent"] = self.max_concurrent
         out["report"] = self.report
+        if self.storage:
+            out["storage"] = self.storage
         out.update(planned_trials=self.n_planned(), spec_hash=self.content_hash())
         return out
 
@@ -636,6 +641,12 @@ def validate_study(data: Any, source: str | Path = "<study>", lines: dict[Path_,
     if spec.resources.workers > 1 and spec.runner == "inline":
         issues.add(("resources", "workers"), "data-parallel workers need runner: train (inline runs one process)")
     report = _check_report(spec, path, issues)
+    if spec.storage is not None:
+        from ptlab.study.storage import storage_problem
+
+        problem = storage_problem(spec.storage)
+        if problem:
+            issues.add(("storage",), problem)
     issues.raise_if_any()
     if spec.planned_trials is not None and spec.planned_trials != spec.n_planned():
         issues.add(("planned_trials",), f"says {spec.planned_trials} but the study plans {spec.n_planned()} trials; "

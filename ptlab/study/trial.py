@@ -12,6 +12,13 @@ trial owns a folder `trials/<key>/` (key = Tune's trial id) in the study:
 The files, not Ray's memory, are what results are built from, so a driver
 killed at any moment loses nothing a trial finished: a restarted trial finds
 its record and only reports it again, or finds its checkpoint and resumes.
+
+With a study storage (ptlab.study.storage) the trial works in a copy of its
+folder on its own node's disk, pulled from the storage when it starts, and
+copies each file there as it changes: the curve at every epoch, the
+checkpoint when saved, artifacts and then the record at the end. A retry on
+another node thus resumes from the last checkpoint, and the driver reads the
+folder from the storage once the trial ends.
 """
 
 from __future__ import annotations
@@ -39,6 +46,54 @@ def _jsonable(value: Any) -> Any:
 @dataclass(frozen=True)
 class TrialFiles:
     folder: Path
+    # The study storage's URI and the folder's path in it; empty: the folder is all there is.
+    storage: str = ""
+    remote: str = ""
+
+    @property
+    def _storage(self):
+        from ptlab.study.storage import open_storage
+
+        return open_storage(self.storage) if self.storage else None
+
+    def on_node(self) -> TrialFiles:
+        """This node's working copy of the folder, filled from the storage; the folder itself without one."""
+        storage = self._storage
+        if storage is None:
+            return self
+        files = TrialFiles(storage.node_folder(self.remote), self.storage, self.remote)
+        files.folder.mkdir(parents=True, exist_ok=True)
+        files.pull()
+        return files
+
+    def pull(self) -> None:
+        """Replace the local files with the storage's copies (nothing without a storage)."""
+        storage = self._storage
+        if storage is not None:
+            storage.get_tree(self.remote, self.folder)
+
+    def push(self, *paths: Path) -> None:
+        """Copy files (a folder: every file below it) of this folder to the storage."""
+        storage = self._storage
+        if storage is None:
+            return
+        for path in paths:
+            relative = f"{self.remote}/{path.relative_to(self.folder).as_posix()}"
+            if path.is_dir():
+                storage.put_tree(path, relative)
+            elif path.is_file():
+                storage.put_file(path, relative)
+
+    def read_remote_curve(self, offset: int) -> bytes:
+        """curve.jsonl from byte `offset` on as the storage holds it (the local file without a storage)."""
+        storage = self._storage
+        if storage is None:
+            if not self.curve.is_file():
+                return b""
+            with open(self.curve, "rb") as f:
+                f.seek(offset)
+                return f.read()
+        return (storage.read_bytes(f"{self.remote}/{self.curve.name}") or b"")[offset:]
 
     @property
     def curve(self) -> Path:
@@ -68,11 +123,18 @@ class TrialFiles:
         """How many times the trial has been started, retries and resumes included."""
         return int(self.attempts_file.read_text() or 0) if self.attempts_file.is_file() else 0
 
+    def count_attempt(self) -> int:
+        attempts = self.attempts() + 1
+        self.attempts_file.write_text(str(attempts))
+        self.push(self.attempts_file)
+        return attempts
+
     def append_curve(self, row: dict[str, Any]) -> None:
         with open(self.curve, "a") as f:
             f.write(json.dumps(row, default=_jsonable) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self.push(self.curve)
 
     def read_curve(self) -> list[dict[str, Any]]:
         """Reported epochs, the latest report of an epoch winning (a resumed trial repeats some)."""
@@ -91,6 +153,7 @@ class TrialFiles:
         import torch
 
         atomic_save(self.checkpoint, lambda handle: torch.save(state, handle))
+        self.push(self.checkpoint, self.log)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last saved state; tensors and plain containers only, so a planted file cannot run code."""
@@ -109,6 +172,7 @@ class TrialFiles:
 
     def write_record(self, record: dict[str, Any]) -> None:
         atomic_write(self.record, json.dumps(record, default=_jsonable).encode())
+        self.push(self.record)
 
     def read_record(self) -> dict[str, Any] | None:
         if not self.record.is_file():
@@ -142,14 +206,30 @@ class TrialPlan:
     sampled: bool = False
     # A scheduler (ASHA) may stop trials: only then is a trial without its final result pruned.
     prunes: bool = False
+    # The study storage every node reaches (ptlab.study.storage); empty: the study folder is shared or one node's.
+    storage: str = ""
 
     @property
     def cache_dir(self) -> Path:
-        # the feature cache keeps its files under features/ of this root
+        """The feature cache's root (its files are under features/): the study folder, or with a
+        storage this node's own cache, content-keyed and shared by every study on the node."""
+        if self.storage:
+            from ptlab.study.storage import node_dir
+
+            return node_dir() / "cache"
         return Path(self.study_dir)
 
+    def shared_cache(self):
+        """Where nodes share the features they computed (the storage's features/); None without a storage."""
+        if not self.storage:
+            return None
+        from ptlab.study.storage import FEATURES, StorageMirror
+
+        return StorageMirror(self.storage, FEATURES)
+
     def files(self, key: str) -> TrialFiles:
-        return TrialFiles(Path(self.study_dir) / TRIALS_DIR / key)
+        """The trial's folder in the study folder (the driver's view; trials work in `files(key).on_node()`)."""
+        return TrialFiles(Path(self.study_dir) / TRIALS_DIR / key, self.storage, f"{TRIALS_DIR}/{key}")
 
     def sends(self, epoch: int) -> bool:
         """Whether the metrics of `epoch` go to Tune."""
@@ -211,6 +291,7 @@ def execute(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan, send: Callable
     ctx = TrialContext(
         device=pick_device(cfg.device),
         cache_dir=plan.cache_dir,
+        shared_cache=plan.shared_cache(),
         report=report,
         save_checkpoint=(lambda epoch, state: files.save_checkpoint(state)) if writer else None,
         resume_state=files.load_checkpoint(),
@@ -219,6 +300,7 @@ def execute(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan, send: Callable
     )
     record = asdict(run_trial(cfg, ctx))
     if writer:
+        files.push(files.artifacts, files.log)  # before the record, which says the trial is done
         files.write_record(record)
 
 
@@ -231,7 +313,8 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     # No ray.train.report: each one waits for the controller's next poll of the workers,
     # and relaying it to Tune takes a queue actor (a process) per trial. Tune gets the
     # epochs from curve.jsonl instead (`_relay_curve`).
-    execute(cfg, plan.files(loop_config["key"]), plan, None, writer=rank == 0)
+    # the worker may run on another node than the trial's function: its own copy of the folder
+    execute(cfg, plan.files(loop_config["key"]).on_node(), plan, None, writer=rank == 0)
 
 
 def _train_job(plan: TrialPlan, **options):
@@ -259,7 +342,7 @@ def _train_job(plan: TrialPlan, **options):
     return Trainer(**options)
 
 
-def _run_train_job(cfg: TrialConfig, key: str, plan: TrialPlan) -> None:
+def _run_train_job(cfg: TrialConfig, files: TrialFiles, key: str, plan: TrialPlan) -> None:
     import ray.train
 
     trainer = _train_job(
@@ -274,7 +357,7 @@ def _run_train_job(cfg: TrialConfig, key: str, plan: TrialPlan) -> None:
         run_config=ray.train.RunConfig(
             # the run's folder, trials/<key>/<study>/<cell>/<seed or sample>, is named like it
             name=plan.run_name(cfg, key),
-            storage_path=str(plan.files(key).folder),
+            storage_path=str(files.folder),
             # Tune retries the whole trial (FailureConfig of the study); Train must not retry inside it.
             failure_config=ray.train.FailureConfig(max_failures=0),
         ),
@@ -292,14 +375,16 @@ def _run_train_job(cfg: TrialConfig, key: str, plan: TrialPlan) -> None:
 
     # daemon: a trial Tune stops ends with its process, the Train job (owned by it) with it
     job = threading.Thread(target=fit, name="train-job", daemon=True)
-    offset = _size(plan.files(key).curve)
+    offset = _size(files.curve)
     job.start()
-    _relay_curve(plan.files(key), plan, offset, job)
+    _relay_curve(files, plan, offset, job)
     if failed:
         raise failed[0]
 
 
 RELAY_POLL_S = 0.05
+# With a storage the rank 0 may be on another node: its curve is read from there, less often.
+REMOTE_RELAY_POLL_S = 0.5
 
 
 def _size(path: Path) -> int:
@@ -314,12 +399,11 @@ def _relay_curve(files: TrialFiles, plan: TrialPlan, offset: int, job: threading
     """
     from ray import tune
 
+    poll_s = REMOTE_RELAY_POLL_S if files.storage else RELAY_POLL_S
     while True:
         running = job.is_alive()
-        if _size(files.curve) > offset:
-            with open(files.curve, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
+        chunk = files.read_remote_curve(offset)
+        if chunk:
             complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next look
             offset += len(complete)
             for line in complete.decode().splitlines():
@@ -331,7 +415,7 @@ def _relay_curve(files: TrialFiles, plan: TrialPlan, offset: int, job: threading
                     tune.report(row)
         if not running:
             return
-        job.join(RELAY_POLL_S)
+        job.join(poll_s)
 
 
 def run_trial_fn(config: dict[str, Any], plan: TrialPlan) -> None:
@@ -340,19 +424,19 @@ def run_trial_fn(config: dict[str, Any], plan: TrialPlan) -> None:
 
     started = time.perf_counter()
     key = tune.get_context().get_trial_id()
-    files = plan.files(key)
+    files = plan.files(key).on_node()
     files.folder.mkdir(parents=True, exist_ok=True)
     record = files.read_record()
     if record is not None:  # finished before the driver went down: report, do not rerun
         tune.report(final_result(record))
         return
-    attempts = files.attempts() + 1
-    files.attempts_file.write_text(str(attempts))
+    attempts = files.count_attempt()
     cfg = plan.config(config)
     if plan.runner == "inline":
         execute(cfg, files, plan, tune.report if plan.stream_epochs else None, writer=True)
     else:
-        _run_train_job(cfg, key, plan)
+        _run_train_job(cfg, files, key, plan)
+        files.pull()  # the record its rank 0 wrote, perhaps on another node
     record = files.read_record()
     record["timings"].update(wall_s=round(time.perf_counter() - started, 3), attempts=attempts, finished_at=time.time())
     files.write_record(record)

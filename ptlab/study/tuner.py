@@ -32,7 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ptlab.files import atomic_write
 from ptlab.methods.base import STATUS_FAILED, STATUS_PRUNED
-from ptlab.study.cluster import RayConnection
+from ptlab.study.cluster import RayConnection, check_nodes_reach
 from ptlab.study.ensembles import record_ensembles
 from ptlab.study.layout import OPTUNA_JOURNAL, RERUN_DIR, SELECTION_FILE, STUDY_FILE, TUNE_DIR
 from ptlab.study.planned import refuse_if_changed, write_planned
@@ -65,7 +65,7 @@ def trial_plan(spec: StudySpec, study_dir: Path, phase: str = "") -> TrialPlan:
     return TrialPlan(str(study_dir.resolve()), spec.base.model_dump(mode="json"), spec.runner, r.cpu, r.gpu, r.workers,
                      stream_epochs=searching, send_epochs=asha_rungs(spec) if searching else (), phase=phase,
                      cell_fields=tuple(spec.factors), study=spec.name, sampled=searching,
-                     prunes=searching and spec.search.asha is not None)
+                     prunes=searching and spec.search.asha is not None, storage=spec.storage or "")
 
 
 def asha_rungs(spec: StudySpec) -> tuple[int, ...]:
@@ -111,6 +111,7 @@ def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, err
     """One trial's outcome from what Tune knows of it and what the trial wrote; None if it has not ended."""
     cfg = plan.config(tune_config)
     files = plan.files(key)
+    files.pull()  # with a storage: what the trial wrote there, on whichever node it ran
     curve = files.read_curve()
     record = files.read_record()
     common = dict(key=key, trial_id=cfg.trial_id, cell_id=plan.cell_id(cfg), config=cfg.model_dump(mode="json"), curve=curve,
@@ -128,7 +129,7 @@ def outcome(plan: TrialPlan, key: str, tune_config: dict, last_result: dict, err
         return TrialOutcome(status=STATUS_FAILED, metrics=dict(curve[-1]) if curve else {}, timings=timings,
                             provenance=_provenance(), error=f"the trial ended but the driver cannot read its record "
                             f"{files.record}: on a cluster of several nodes the study folder must be a storage every "
-                            "node reaches (a shared mount given with --out)", **common)
+                            "node reaches (--storage s3://BUCKET/PREFIX or a path every node mounts)", **common)
     if curve or last_result:
         # Ended without its final result: the scheduler stopped it. Epochs it ran past
         # the result it was stopped at are not part of what the scheduler saw.
@@ -169,6 +170,25 @@ class Recorder(tune.Callback):
         result = outcome(self.plan, trial.trial_id, trial.config, trial.last_result or {}, error)
         if result is not None:
             ResultStore(self.plan.study_dir).add(result)
+            publish_study(self.plan, throttle_s=PUBLISH_EVERY_S)
+
+
+# A study's own files go to its storage at most this often while trials end (each is rewritten whole), and always when a phase ends.
+PUBLISH_EVERY_S = 10.0
+_published_at: dict[str, float] = {}
+
+
+def publish_study(plan: TrialPlan, throttle_s: float = 0.0) -> None:
+    """Copy the study's own files (results, curves, journal, selection...) to its storage, if it has one."""
+    if not plan.storage:
+        return
+    now = time.monotonic()
+    if now - _published_at.get(plan.study_dir, -math.inf) < throttle_s:
+        return
+    from ptlab.study.storage import open_storage, publish_study_files
+
+    publish_study_files(Path(plan.study_dir), open_storage(plan.storage))
+    _published_at[plan.study_dir] = now
 
 
 def spec_summary(spec: StudySpec, phase: str = "") -> dict[str, Any]:
@@ -603,6 +623,7 @@ def _run_phase(spec: StudySpec, study_dir: Path, connection: RayConnection, phas
     finished = grid.num_terminated + grid.num_errors == len(grid) >= phase_planned(spec, phase)
     if finished:
         record_all(spec, study_dir, grid, phase)
+    publish_study(trial_plan(spec, study_dir, phase))
     return finished
 
 
@@ -617,7 +638,8 @@ def run_study(spec: StudySpec, study_dir: Path, connection: RayConnection, resum
     slots = trial_slots(spec, connection)  # a study that cannot fit fails before it leaves a folder
     if resume:
         refuse_if_changed(spec, study_dir)
-    else:
+    check_nodes_reach(study_dir, spec.storage, connection)  # before any trial can write where the driver cannot read
+    if not resume:
         study_dir.mkdir(parents=True, exist_ok=True)
         write_planned(spec, study_dir)
         atomic_write(study_dir / STUDY_FILE, spec.to_yaml().encode())
@@ -631,6 +653,7 @@ def run_study(spec: StudySpec, study_dir: Path, connection: RayConnection, resum
         if finished:
             record_ensembles(spec, trial_plan(spec, study_dir))
             record_references(spec, trial_plan(spec, study_dir))
+            publish_study(trial_plan(spec, study_dir))
         return finished
     if not (study_dir / SELECTION_FILE).is_file():
         if not _run_phase(spec, study_dir, connection, SEARCH_PHASE):
@@ -639,4 +662,5 @@ def run_study(spec: StudySpec, study_dir: Path, connection: RayConnection, resum
     finished = _run_phase(spec, study_dir, connection, RERUN_PHASE)
     if finished:
         record_references(spec, trial_plan(spec, study_dir, RERUN_PHASE))
+        publish_study(trial_plan(spec, study_dir, RERUN_PHASE))
     return finished

@@ -1,0 +1,190 @@
+"""A study on two Ray nodes whose disks differ, on this one machine.
+
+The head node shares the test's file system; the second node runs in its own
+mount namespace with private tmpfs over the study folders and over its node
+folder (PTLAB_NODE_DIR), so whatever it writes there never reaches the driver,
+as on a second machine without a shared file system. The study storage is an
+S3-compatible server on 127.0.0.1 (moto). Both nodes get the storage's endpoint
+and credentials from their own environment, as nodes of a real cluster do.
+
+Needs root (mount namespaces): skipped, with the reason, where `unshare -m` fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+from test_study_storage import free_port
+
+pytestmark = pytest.mark.ray
+
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+RAY = str(Path(sys.executable).parent / "ray")
+PTLAB = str(Path(sys.executable).parent / "ptlab")
+
+
+def _can_unshare() -> bool:
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+def _session(sid: int) -> list[int]:
+    """Processes of a session: a node's `ray start`, its raylet, agents and workers."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _end(process: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _session(process.pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            process.wait(timeout=60)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    deadline = time.monotonic() + 30
+    while _session(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory, s3_server):
+    if not _can_unshare():
+        pytest.skip("needs a private mount namespace (`unshare -m`, as root) for the second node's own disk")
+    root = tmp_path_factory.mktemp("two-nodes")
+    studies, node_dir = root / "studies", root / "node"
+    studies.mkdir()
+    node_dir.mkdir()
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, "PTLAB_NODE_DIR": str(node_dir)}
+    head_log = open(root / "head.log", "w")
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
+         "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+        stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    second_log = open(root / "second.log", "w")
+    second = None
+    try:
+        _wait_started(root / "head.log", head)
+        script = (f"mount -t tmpfs tmpfs {studies} && mount -t tmpfs tmpfs {node_dir} && exec {RAY} start "
+                  f"--address=127.0.0.1:{port} --block --num-cpus=1 --num-gpus=0 --node-ip-address=127.0.0.1 "
+                  "--disable-usage-stats")
+        second = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                                  stdout=second_log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        _wait_started(root / "second.log", second)
+        yield {"address": f"127.0.0.1:{port}", "studies": studies, "node_dir": node_dir, "second": second,
+               "env": env}
+    finally:
+        for process in (second, head):
+            if process is not None:
+                _end(process)
+        head_log.close()
+        second_log.close()
+
+
+def _wait_started(log: Path, process: subprocess.Popen) -> None:
+    """Until `ray start` says its node runs (it prints that once the node has joined)."""
+    deadline = time.monotonic() + 180
+    while "Ray runtime started" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"a Ray node did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def _study(folder: Path, backbone: str, epochs: int) -> Path:
+    spec = {
+        "name": "two_nodes", "method": "coop", "backbone": backbone, "dataset": "world:shapes", "shots": 4,
+        "noise_type": "symmetric", "train": {"epochs": epochs, "views": 1, "batch_size": 8},
+        "factors": {"noise_rate": [0.0, 0.25]}, "seeds": [1, 2], "runner": "inline", "retries": 1,
+        "resources": {"cpu": 1},
+    }
+    path = folder / "two_nodes.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _ptlab(args: list[str], env: dict, **options) -> subprocess.Popen:
+    return subprocess.Popen([PTLAB, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **options)
+
+
+def test_a_study_whose_trials_a_node_could_not_hand_back_is_refused_before_it_runs(two_nodes, random_tiny_clip,
+                                                                                   tmp_path):
+    out = two_nodes["studies"] / "no-storage"
+    run = _ptlab(["study", "run", str(_study(tmp_path, random_tiny_clip, 2)), "--address", two_nodes["address"],
+                  "--out", str(out)], two_nodes["env"])
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 2, output
+    assert "this driver does not find it there" in output and "--storage s3://" in output, output
+    assert re.search(r"node \S+ \(\S+, id [0-9a-f]{12}\) wrote \S+/no-storage/\.probe/", output), output
+    assert not (out / "results.parquet").exists() and not (out / "tune").exists()
+
+
+def test_with_object_storage_every_trial_lands_even_when_a_node_is_lost(two_nodes, random_tiny_clip, tmp_path):
+    from ptlab.study.storage import StudyStorage
+
+    uri = f"s3://ptlab/studies/two-nodes-{time.time_ns()}"
+    out = two_nodes["studies"] / "with-storage"
+    run = _ptlab(["study", "run", str(_study(tmp_path, random_tiny_clip, 40)), "--address", two_nodes["address"],
+                  "--out", str(out), "--storage", uri], two_nodes["env"])
+    second = two_nodes["second"]
+    # the second node's private disk, seen from outside its namespace
+    its_trials = Path(f"/proc/{second.pid}/root") / str(two_nodes["node_dir"]).lstrip("/") / "studies"
+    deadline, lost = time.monotonic() + 300, []
+    while time.monotonic() < deadline and run.poll() is None:
+        running = [p.parent for p in its_trials.glob("*/trials/*/checkpoint.pt") if not (p.parent / "record.json").exists()]
+        if running:
+            lost = [p.name for p in its_trials.glob("*/trials/*")]
+            for pid in _session(second.pid):  # the machine goes: raylet, agents, workers at once
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            break
+        time.sleep(0.2)
+    output, _ = run.communicate(timeout=600)
+    assert lost, f"no trial reached a checkpoint on the second node before the study ended:\n{output}"
+    assert run.returncode == 0, output
+
+    rows = pl.read_parquet(out / "results.parquet")
+    assert rows.height == 4 and rows["tune_trial_id"].n_unique() == 4, rows
+    # ran to the end (random weights sit at chance: flagged, not failed or pruned)
+    assert not set(rows["status"]) & {"failed", "pruned"}, rows.select("status", "error")
+    assert set(lost) <= set(rows["tune_trial_id"])
+    # the trial the lost node was running is retried elsewhere from its last checkpoint
+    retried = rows.filter(pl.col("tune_trial_id").is_in(lost) & (pl.col("attempts") >= 2))
+    assert retried.height >= 1, rows.select("tune_trial_id", "attempts")
+    assert (retried["epochs_done"] == 40).all()
+
+    storage = StudyStorage(uri)
+    stored = pl.read_parquet(storage.read_bytes("results.parquet"))
+    assert sorted(stored["tune_trial_id"]) == sorted(rows["tune_trial_id"])
+    for key in rows["tune_trial_id"]:
+        assert storage.read_bytes(f"trials/{key}/record.json") is not None
+
+    # the report from the storage alone, in another folder
+    report = subprocess.run([PTLAB, "report", uri, "--into", str(tmp_path / "from-storage")], env=two_nodes["env"],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert (tmp_path / "from-storage" / "report" / "index.html").is_file()
+    assert storage.read_bytes("report/index.html") is not None
