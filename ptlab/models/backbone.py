@@ -55,8 +55,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BackboneKind = Literal["clip", "image"]
 
 OPEN_CLIP = "open_clip"  # the scheme of MODEL:TAG sources, which carry no scheme word
-FORMS = ("world:NAME (world:tiny-vit, world:tiny-rn), MODEL:TAG (e.g. ViT-B-32:openai, RN50:random), "
-         "local-dir:PATH, ckpt:PATH, or timm:NAME for the image-only methods")
+TIMM = "timm"
 
 
 class BackboneError(ValueError):
@@ -186,7 +185,7 @@ class Backbone:
 @dataclass(frozen=True)
 class BackboneScheme:
     name: str
-    help: str
+    form: str  # how its sources are written, for messages
     split: Callable[[str, str], tuple[str, str]]  # (word before the first ':', rest) -> (name, weights)
     problem: Callable[[BackboneSource], str | None]  # from names alone: no weights, no files
     describe: Callable[[BackboneSource], BackboneInfo | None]  # from names and config files; None where weights tell
@@ -204,11 +203,15 @@ def register_backbone(scheme: BackboneScheme) -> BackboneScheme:
     return scheme
 
 
+def source_forms() -> str:
+    return ", ".join(s.form for s in BACKBONE_SCHEMES.values())
+
+
 def parse_backbone(source: str) -> BackboneSource:
     """The scheme and parts of a source; a word before ':' that names no scheme is an open_clip model."""
     word, _, rest = source.partition(":")
     if not rest:
-        raise BackboneError(f"backbone {source!r} needs a source: {FORMS}; close matches: {_close_matches(source)}")
+        raise BackboneError(f"backbone {source!r} needs a source: {source_forms()}; close matches: {_close_matches(source)}")
     scheme = BACKBONE_SCHEMES.get(word, BACKBONE_SCHEMES[OPEN_CLIP])
     name, weights = scheme.split(word, rest)
     return BackboneSource(source, scheme.name, name, weights)
@@ -244,10 +247,6 @@ def load_backbone(source: str, device: str | torch.device = "cpu", precision: st
     backbone = scheme.load(src, precision)
     backbone.model.eval().requires_grad_(False)
     return backbone.to(device)
-
-
-def list_backbone_schemes() -> list[tuple[str, str]]:
-    return [(s.name, s.help) for s in BACKBONE_SCHEMES.values()]
 
 
 # --- shared by the open_clip schemes ---------------------------------------------------
@@ -381,8 +380,8 @@ def _world_load(src: BackboneSource, precision: str) -> Backbone:
     return _load_local_dir_as(folder, precision, src.text, _world_describe(src))
 
 
-register_backbone(BackboneScheme("world", "a tiny CLIP shipped inside ptlab, world:NAME", _whole, _world_problem,
-                                 _world_describe, _world_load, _world_files_problem))
+register_backbone(BackboneScheme("world", f"world:NAME ({', '.join('world:' + n for n in WORLD_BACKBONES)})",
+                                 _whole, _world_problem, _world_describe, _world_load, _world_files_problem))
 
 
 # --- local-dir: ------------------------------------------------------------------------
@@ -396,9 +395,11 @@ def _read_local_config(folder: Path, source: str) -> dict:
     config = folder / "open_clip_config.json"
     try:
         data = json.loads(config.read_text())
-        data["model_cfg"]  # noqa: B018 (what open_clip's local-dir layout requires)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise BackboneError(f"backbone {source!r}: {config} is not an open_clip config with a 'model_cfg' key: {err}") from err
+    except (OSError, json.JSONDecodeError) as err:
+        data = err
+    if not isinstance(data, dict) or not isinstance(data.get("model_cfg"), dict):
+        raise BackboneError(f"backbone {source!r}: {config} is not an open_clip config with a 'model_cfg' key"
+                            + (f": {data}" if isinstance(data, Exception) else ""))
     return data
 
 
@@ -428,9 +429,8 @@ def _local_dir_load(src: BackboneSource, precision: str) -> Backbone:
     return _load_local_dir_as(_local_folder(src), precision, src.text, _local_dir_describe(src))
 
 
-register_backbone(BackboneScheme("local-dir", "open_clip's local-dir layout, local-dir:PATH (open_clip_config.json "
-                                 "+ weights)", _whole, lambda src: None, _local_dir_describe, _local_dir_load,
-                                 _local_dir_files_problem))
+register_backbone(BackboneScheme("local-dir", "local-dir:PATH (open_clip_config.json + weights)", _whole,
+                                 lambda src: None, _local_dir_describe, _local_dir_load, _local_dir_files_problem))
 
 
 # --- ckpt: -----------------------------------------------------------------------------
@@ -466,7 +466,7 @@ def _ckpt_load(src: BackboneSource, precision: str) -> Backbone:
         context_length=model.context_length, **(text.get("tokenizer_kwargs") or {})))
 
 
-register_backbone(BackboneScheme("ckpt", "a ptlab checkpoint {model_cfg, state_dict}, ckpt:PATH", _whole,
+register_backbone(BackboneScheme("ckpt", "ckpt:PATH (a ptlab checkpoint)", _whole,
                                  lambda src: None, lambda src: None, _ckpt_load, _ckpt_files_problem))
 
 
@@ -539,9 +539,8 @@ def _timm_load(src: BackboneSource, precision: str) -> Backbone:
                     text_problem=_timm_text_problem(src))
 
 
-TIMM = register_backbone(BackboneScheme("timm", "a timm image encoder, timm:NAME[.TAG][:random|:/path/weights] "
-                                        "(image-only methods)", _timm_split, _timm_problem, _timm_describe,
-                                        _timm_load, _timm_files_problem)).name
+register_backbone(BackboneScheme(TIMM, "timm:NAME[.TAG][:random|:/path] (a timm ViT, for image-only methods)",
+                                 _timm_split, _timm_problem, _timm_describe, _timm_load, _timm_files_problem))
 
 
 # --- MODEL:TAG (open_clip) ---------------------------------------------------------------
@@ -558,7 +557,7 @@ def _open_clip_problem(src: BackboneSource) -> str | None:
     models = open_clip.list_models()
     if src.name not in models:
         near = difflib.get_close_matches(src.name, models, n=4, cutoff=0.5)
-        return f"unknown backbone {src.text!r}; close open_clip models: {', '.join(near) or 'none'}; or {FORMS}"
+        return f"unknown backbone {src.text!r}; close open_clip models: {', '.join(near) or 'none'}; or {source_forms()}"
     tags = list_pretrained_tags_by_model(src.name)
     if src.weights != "random" and src.weights not in tags and src.weights_file is None:
         return (f"backbone {src.text!r}: {src.name} has no pretrained tag {src.weights!r}; allowed: "
@@ -616,6 +615,6 @@ def _open_clip_load(src: BackboneSource, precision: str) -> Backbone:
     return backbone(model)
 
 
-register_backbone(BackboneScheme(OPEN_CLIP, "an open_clip model, MODEL:TAG, MODEL:random or MODEL:/path/weights.pt",
+register_backbone(BackboneScheme(OPEN_CLIP, "MODEL:TAG (e.g. ViT-B-32:openai, RN50:random) or MODEL:/path/weights.pt",
                                  _open_clip_split, _open_clip_problem, _open_clip_describe, _open_clip_load,
                                  _open_clip_files_problem))
