@@ -95,7 +95,9 @@ def _check_names(data: dict, config: Path) -> None:
     """Method, backbone and dataset names a trial config may misspell, refused before anything loads."""
     from ptlab.config import ConfigError, TrialConfig
     from ptlab.methods.registry import UnknownMethod, method_of
-    from ptlab.study.spec import backbone_problem, dataset_problem
+    from ptlab.models.backbone import backbone_problem
+    from ptlab.study.guards import backbone_method_problem
+    from ptlab.study.spec import dataset_problem
 
     names = {field: data.get(field, TrialConfig.model_fields[field].default) for field in ("method", "backbone", "dataset")}
     problems = []
@@ -107,6 +109,10 @@ def _check_names(data: dict, config: Path) -> None:
         problem = check(names[field]) if isinstance(names[field], str) else None
         if problem:
             problems.append(f"field {field}: {problem}")
+    if not problems and isinstance(names["backbone"], str):
+        problem = backbone_method_problem(str(names["method"]), names["backbone"])
+        if problem:
+            problems.append(f"field backbone: {problem}")
     if problems:
         raise ConfigError("\n".join([f"{config}: invalid trial config", *(f"  {p}" for p in problems)]))
 

@@ -228,9 +228,10 @@ def test_lpt_resumed_in_stage2_ends_as_the_uninterrupted_run(tiny_vit, tmp_path)
 
 
 class _Tower224:
-    """What the pixel feed reads of a tower: LPT's 224 input and its 0.5 / 0.5 normalisation."""
+    """What the pixel feed reads of a tower: LPT's 224 input, its 0.5 / 0.5 normalisation, CLIP's resampling."""
 
     image_size, mean, std = 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    interpolation, resize_mode = "bicubic", "shortest"
 
 
 def _reference_release_eval(image):

@@ -24,7 +24,7 @@ from torchvision.transforms import v2 as T
 
 from ptlab.data.sources import Split
 from ptlab.files import SharedFiles, atomic_save
-from ptlab.models.backbone import Backbone
+from ptlab.models.backbone import CLIP_PREPROCESSING, Backbone
 
 CACHE_FORMAT = 1
 
@@ -42,21 +42,25 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-INTERPOLATIONS = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
+INTERPOLATIONS = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
+                  "nearest": T.InterpolationMode.NEAREST}
 
 
-def eval_transform(backbone: Backbone, resize: int | None = None, interpolation: str = "bicubic") -> T.Compose:
-    """CLIP's evaluation view: shorter side to image_size, centre crop.
+def eval_transform(backbone: Backbone, resize: int | None = None, interpolation: str | None = None) -> T.Compose:
+    """The backbone's evaluation view: shorter side to image_size (resize mode "shortest"), or the whole
+    image to image_size x image_size ("squash"), then the centre crop; its interpolation unless one is given.
 
     resize=S instead scales the whole image to S x S before the centre crop
     (LPT's release: 256 x 256, crop 224, bilinear).
     """
     size = backbone.image_size
+    if resize is None and backbone.resize_mode == "squash":
+        resize = size
     return T.Compose(
         [
             T.ToImage(),
-            T.Resize(size if resize is None else (resize, resize), interpolation=INTERPOLATIONS[interpolation],
-                     antialias=True),
+            T.Resize(size if resize is None else (resize, resize),
+                     interpolation=INTERPOLATIONS[interpolation or backbone.interpolation], antialias=True),
             T.CenterCrop(size),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(backbone.mean, backbone.std),
@@ -64,12 +68,13 @@ def eval_transform(backbone: Backbone, resize: int | None = None, interpolation:
     )
 
 
-def train_transform(backbone: Backbone, crop_scale: tuple[float, float], interpolation: str = "bicubic") -> T.Compose:
+def train_transform(backbone: Backbone, crop_scale: tuple[float, float], interpolation: str | None = None) -> T.Compose:
     return T.Compose(
         [
             T.ToImage(),
             T.RandomResizedCrop(
-                backbone.image_size, scale=crop_scale, interpolation=INTERPOLATIONS[interpolation], antialias=True
+                backbone.image_size, scale=crop_scale, interpolation=INTERPOLATIONS[interpolation or backbone.interpolation],
+                antialias=True,
             ),
             T.RandomHorizontalFlip(),
             T.ToDtype(torch.float32, scale=True),
@@ -123,10 +128,14 @@ class FeatureCache:
 
     def path(self, split: Split, view: int) -> Path:
         transform = f"eval{self.backbone.image_size}" if view == 0 else f"rrc{self.crop_scale}v{view}"
-        key = "|".join(
-            [str(CACHE_FORMAT), self.backbone.source, self._fingerprint, split.images.identity, transform,
-             str(self.backbone.mean), str(self.backbone.std)]
-        )
+        parts = [str(CACHE_FORMAT), self.backbone.source, self._fingerprint, split.images.identity, transform,
+                 str(self.backbone.mean), str(self.backbone.std)]
+        # CLIP's interpolation and resize mode add nothing to the key, so that caches written before
+        # they were the backbone's own stay valid.
+        resampling = (self.backbone.interpolation, self.backbone.resize_mode)
+        if resampling != (CLIP_PREPROCESSING.interpolation, CLIP_PREPROCESSING.resize_mode):
+            parts += resampling
+        key = "|".join(parts)
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
         return self.root / "features" / digest[:2] / f"{digest}.pt"
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ptlab.metrics import FEW_SHOT_AT_MOST, MANY_SHOT_ABOVE
+from ptlab.models.backbone import BackboneKind
 
 # --- losses -----------------------------------------------------------------------
 
@@ -148,8 +149,6 @@ SUPERVISED = ("test_acc", "test_macro_acc", "val_acc", "train_loss", "train_acc_
 LONG_TAILED = ("test_acc", "test_macro_acc", "many_acc", "medium_acc", "few_acc", "val_acc", "train_loss", "train_acc")
 CLASS_SHIFT = ("test_acc", "test_macro_acc", "auroc")
 
-BackboneKind = Literal["clip", "timm"]
-
 
 @dataclass(frozen=True)
 class Method:
@@ -160,6 +159,8 @@ class Method:
     metrics: tuple[str, ...] = SUPERVISED
     uses: frozenset[str] = frozenset()  # fields of OPTIONAL_FIELDS the recipe reads
     needs_labels: bool = True  # False: trains on no (or on its own pseudo-) labels; a noise_type is refused
+    # the kinds of backbone it runs on (ptlab.models.backbone): "clip" where it encodes text, with
+    # CLIP's tokenizer and text tower; "image" too where it reads images only
     backbones: tuple[BackboneKind, ...] = ("clip",)
     seed_ensembles: bool = False  # saves test logits that a study averages over seeds (ptlab.methods.ensemble)
     epoch_reports: bool = True  # reports every epoch, so ASHA can stop it early
@@ -238,7 +239,7 @@ register_method(Method("zeroshot_mcm", "ptlab.methods.ueo", "zero-shot CLIP scor
                        ShiftProtocolOptions, CLASS_SHIFT, PROMPT, needs_labels=False, epoch_reports=False))
 # Long-tailed visual prompt tuning
 register_method(Method("vpt", "ptlab.methods.lpt", "VPT-deep with a cosine classifier", PromptOptions,
-                       LONG_TAILED, LOSS | NOISE, backbones=("timm",)))
+                       LONG_TAILED, LOSS | NOISE, backbones=("clip", "image")))
 register_method(Method("lpt", "ptlab.methods.lpt", "LPT: shared then group prompts, two stages", LPTOptions,
                        LONG_TAILED + ("key_loss", "stage1_test_acc", "stage1_many_acc", "stage1_medium_acc",
-                                      "stage1_few_acc"), LOSS | NOISE, backbones=("timm",)))
+                                      "stage1_few_acc"), LOSS | NOISE, backbones=("clip", "image")))

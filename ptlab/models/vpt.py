@@ -7,12 +7,13 @@ is permutation-equivariant, so appending them at the end of the sequence is
 the same model as VPT's insertion after the class token.
 
 Two encoders are adapted:
-  any ViT source of `load_backbone` (world:tiny-vit, ViT-B-16:openai, ...):
-      the open_clip VisionTransformer of the CLIP, its feature the projected
-      pooled token, exactly what `encode_image` returns;
+  any open_clip ViT source of `load_backbone` (world:tiny-vit,
+      ViT-B-16:openai, ...): the open_clip VisionTransformer of the CLIP, its
+      feature the projected pooled token, exactly what `encode_image` returns;
   timm:NAME[:random|:/path/weights]: a timm VisionTransformer (LPT's
       backbone is timm:vit_base_patch16_224.augreg_in21k), its feature the
       pre-logits pooled token.
+Both bring the backbone's own preprocessing (mean, std, interpolation).
 With no prompt tokens the tower reproduces the frozen encoder's features
 bit for bit; tests check it.
 """
@@ -25,9 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptlab.models.backbone import BackboneError, load_backbone
-
-TIMM_SCHEME = "timm"
+from ptlab.models.backbone import TIMM, BackboneError, Preprocessing, load_backbone, parse_backbone, timm_preprocessing
 
 
 class VisionTower(nn.Module):
@@ -35,12 +34,14 @@ class VisionTower(nn.Module):
 
     blocks: nn.ModuleList | nn.Sequential
 
-    def __init__(self, source: str, image_size: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, source: str, image_size: int, preprocessing: Preprocessing):
         super().__init__()
         self.source = source
         self.image_size = image_size
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        self.preprocessing = preprocessing
+        # what the transforms read of a backbone (ptlab.data.features)
+        self.mean, self.std = preprocessing.mean, preprocessing.std
+        self.interpolation, self.resize_mode = preprocessing.interpolation, preprocessing.resize_mode
 
     @property
     def depth(self) -> int:
@@ -87,8 +88,8 @@ class VisionTower(nn.Module):
 class OpenClipTower(VisionTower):
     """The vision tower of an open_clip ViT CLIP; follows VisionTransformer.forward step by step."""
 
-    def __init__(self, visual, source: str, image_size: int, mean, std):
-        super().__init__(source, image_size, mean, std)
+    def __init__(self, visual, source: str, image_size: int, preprocessing: Preprocessing):
+        super().__init__(source, image_size, preprocessing)
         self.visual = visual
         self.blocks = visual.transformer.resblocks
 
@@ -119,9 +120,8 @@ class TimmTower(VisionTower):
                 f"backbone {source!r} is a timm {type(model).__name__}; deep visual prompts need a timm "
                 "VisionTransformer (e.g. timm:vit_base_patch16_224.augreg_in21k)"
             )
-        cfg = getattr(model, "pretrained_cfg", None) or {}
         size = model.patch_embed.img_size
-        super().__init__(source, int(size[0]), cfg.get("mean", (0.5, 0.5, 0.5)), cfg.get("std", (0.5, 0.5, 0.5)))
+        super().__init__(source, int(size[0]), timm_preprocessing(getattr(model, "pretrained_cfg", None) or {}))
         self.model = model
         self.blocks = model.blocks
 
@@ -141,59 +141,19 @@ class TimmTower(VisionTower):
         return self.model.forward_head(self.model.norm(tokens), pre_logits=True)
 
 
-def timm_problem(source: str) -> str | None:
-    """Why `timm:NAME[.TAG][:weights]` names no timm model, judged from the name alone (nothing loaded)."""
-    import timm
-
-    name, _, weights = source.partition(":")[2].partition(":")
-    if not timm.is_model(name):
-        return f"backbone {source!r}: timm has no model {name.split('.')[0]!r}; see timm.list_models('vit_*')"
-    if "." in name and weights != "random" and name not in timm.list_pretrained(name):
-        tags = ", ".join(timm.list_pretrained(name.split(".")[0] + ".*")) or "none"
-        return f"backbone {source!r}: timm has no pretrained weights {name!r}; tagged weights: {tags}"
-    return None
-
-
-def _load_timm(rest: str, precision: str, source: str):
-    import timm
-
-    problem = timm_problem(source)
-    if problem:
-        raise BackboneError(problem)
-    name, _, weights = rest.partition(":")
-    kwargs: dict = {"num_classes": 0}
-    if weights == "random":
-        kwargs["pretrained"] = False
-    elif weights:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": weights})
-    else:
-        kwargs["pretrained"] = True
-    try:
-        model = timm.create_model(name, **kwargs)
-    except Exception as err:  # missing offline weights surface as hub, OS or runtime errors
-        raise BackboneError(
-            f"backbone {source!r}: timm could not load {name!r} ({type(err).__name__}: {err}). "
-            f"Its weights come from the Hugging Face cache (download once with network access), "
-            f"or name the file: 'timm:{name}:/path/to/weights.safetensors'; 'timm:{name}:random' for random weights"
-        ) from err
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    return model.to(dtype)
-
-
 def load_vision_tower(source: str, device: str | torch.device = "cpu", precision: str = "fp32") -> VisionTower:
-    """A frozen ViT tower from a CLIP backbone source or `timm:NAME[:random|:/path]`."""
-    scheme, _, rest = source.partition(":")
-    if scheme == TIMM_SCHEME:
-        tower: VisionTower = TimmTower(_load_timm(rest, precision, source), source)
+    """A frozen ViT tower from an open_clip backbone source or `timm:NAME[:random|:/path]`."""
+    backbone = load_backbone(source, "cpu", precision)
+    if parse_backbone(source).scheme == TIMM:
+        tower: VisionTower = TimmTower(backbone.model, source)
     else:
-        backbone = load_backbone(source, "cpu", precision)
         if not backbone.is_vit:
             raise BackboneError(
                 f"backbone {source!r} has a {type(backbone.model.visual).__name__} image encoder; deep visual "
                 "prompts need a ViT: world:tiny-vit, an open_clip ViT (ViT-B-16:openai) or a timm ViT "
                 "(timm:vit_base_patch16_224.augreg_in21k)"
             )
-        tower = OpenClipTower(backbone.model.visual, source, backbone.image_size, backbone.mean, backbone.std)
+        tower = OpenClipTower(backbone.model.visual, source, backbone.image_size, backbone.preprocessing)
     tower.requires_grad_(False)
     return tower.to(device).eval()
 

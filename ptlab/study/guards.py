@@ -103,6 +103,7 @@ def check_study(base: dict[str, Any], factors: dict[str, Any], seeds: Any, repor
         # spec is read by `ptlab study status`, which must stay free of torch and open_clip.
         check_fixed_and_factor(base, factors, report)
         check_context(base, factors, report)
+        check_backbones(base, factors, report, check_files=check_data)
         if check_data:
             check_dataset_files(base, factors, report)
     return True
@@ -207,25 +208,56 @@ def _choices(base: dict[str, Any], factors: dict[str, Any], path: str, default: 
 
 
 def text_context(backbone: str) -> int | None:
-    """The text tower's context length, from the backbone's config file alone; None where that needs its weights."""
-    import json
+    """The text tower's context length, from the backbone's names and config files alone; None where that needs its weights."""
+    from ptlab.models.backbone import describe_backbone
 
-    scheme, _, rest = backbone.partition(":")
-    if scheme in ("world", "local-dir"):
-        from ptlab.models.backbone import WORLD_ASSETS
+    info = describe_backbone(backbone)
+    return info.context_length if info else None
 
-        folder = WORLD_ASSETS / rest if scheme == "world" else Path(rest)
-        try:
-            cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
-        except (OSError, ValueError, KeyError):
-            return None
-        return int(cfg.get("text_cfg", {}).get("context_length", 77))
-    if scheme in ("ckpt", "timm"):
+
+def backbone_method_problem(method: str, backbone: str) -> str | None:
+    """Why `method` cannot run on `backbone`, judged from names and config files: a method that encodes
+    text on a backbone whose tokenizer or text tower is not CLIP's (or that has none)."""
+    from ptlab.methods.registry import METHODS
+    from ptlab.models.backbone import describe_backbone
+
+    if method not in METHODS:
+        return None  # an unknown method is TrialConfig's to refuse
+    info = describe_backbone(backbone)
+    if info is None or info.kind in METHODS[method].backbones:
         return None
-    import open_clip  # already imported by the backbone check of an open_clip name
+    needing = [m.name for m in METHODS.values() if info.kind not in m.backbones]
+    taking = [m.name for m in METHODS.values() if info.kind in m.backbones]
+    return (f"{info.text_problem}; {method} encodes text, which needs CLIP's tokenizer and text tower, as do "
+            f"{', '.join(n for n in needing if n != method)}; use a CLIP backbone, or a method that reads images only "
+            f"({', '.join(taking) or 'none'})")
 
-    cfg = open_clip.get_model_config(scheme)
-    return int(cfg.get("text_cfg", {}).get("context_length", 77)) if cfg else None
+
+def check_backbones(base: dict[str, Any], factors: dict[str, Any], report: Report, check_files: bool) -> None:
+    """Backbones every method of the study can run on; with check_files, backbone files that are not there."""
+    from ptlab.models.backbone import BACKBONE_SCHEMES, BackboneError, parse_backbone
+
+    if check_files:
+        for where, path, value in _settings(base, factors):
+            if path != "backbone" or not isinstance(value, str):
+                continue
+            try:
+                src = parse_backbone(value)
+            except BackboneError:
+                continue  # the name check reports it
+            scheme = BACKBONE_SCHEMES[src.scheme]
+            problem = None if scheme.problem(src) else scheme.files_problem(src)
+            if problem:
+                report(where, problem)
+    where = ("factors", "backbone") if "backbone" in factors else ("factors", "method") if "method" in factors else ("backbone",)
+    reported: set[str] = set()
+    for method, backbone in itertools.product(_choices(base, factors, "method", "coop"),
+                                              _choices(base, factors, "backbone", "world:tiny-rn")):
+        if isinstance(method, str) and isinstance(backbone, str) and backbone not in reported:
+            problem = backbone_method_problem(method, backbone)
+            if problem:
+                reported.add(backbone)
+                report(where, problem)
 
 
 def check_context(base: dict[str, Any], factors: dict[str, Any], report: Report) -> None:

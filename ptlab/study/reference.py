@@ -33,7 +33,7 @@ _UNTRAINED = (ZERO_SHOT, "zeroshot_mcm")
 def reference_configs(spec: StudySpec) -> list[TrialConfig]:
     """One zero-shot config per distinct backbone/data/template of the study's trials; none where it does not apply.
 
-    It does not apply to timm backbones (no text tower), to class-shift scenarios
+    It does not apply to backbones without CLIP's text side (timm ViTs, SigLIP, ...), to class-shift scenarios
     (the test set holds classes with no prompt) or to a study that runs the
     zero-shot baseline as one of its own methods.
     """
@@ -43,12 +43,19 @@ def reference_configs(spec: StudySpec) -> list[TrialConfig]:
         return []
     configs: dict[str, TrialConfig] = {}
     for base in bases:
-        if base.backbone.startswith("timm:") or base.data.scenario != "none":
+        if _image_only(base.backbone) or base.data.scenario != "none":
             continue
         shared = {name: getattr(base, name) for name in _SHARED}
         cfg = TrialConfig(method=ZERO_SHOT, seed=spec.seeds[0], **shared)
         configs.setdefault(cfg.trial_id, cfg)
     return list(configs.values())
+
+
+def _image_only(backbone: str) -> bool:
+    from ptlab.models.backbone import describe_backbone
+
+    info = describe_backbone(backbone)
+    return info is not None and info.kind == "image"
 
 
 def reference_key(cfg: TrialConfig) -> str:

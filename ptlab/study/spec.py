@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from ptlab.config import TrialConfig
+from ptlab.models.backbone import backbone_problem
 from ptlab.study import guards
 from ptlab.study.space import (
     Dist,
@@ -302,38 +303,7 @@ def _allowed_keys(path: Path_) -> str:
     return f";{hint} allowed: {', '.join(names)}"
 
 
-# --- names that need no loading -------------------------------------------------
-
-
-def backbone_problem(source: str) -> str | None:
-    """Why a backbone source cannot name a model, judged from its scheme and name only (no weights)."""
-    from ptlab.models.backbone import WORLD_BACKBONES
-
-    scheme, _, rest = source.partition(":")
-    forms = "world:tiny-vit, world:tiny-rn, MODEL:TAG (e.g. ViT-B-32:openai, RN50:openai), local-dir:PATH or ckpt:PATH"
-    if not rest:
-        return f"{source!r} needs a source: {forms}"
-    if scheme == "world":
-        if rest not in WORLD_BACKBONES:
-            return f"unknown world backbone {source!r}; allowed: {', '.join('world:' + b for b in WORLD_BACKBONES)}"
-        return None
-    if scheme in ("local-dir", "ckpt"):
-        return None
-    if scheme == "timm":  # a timm ViT, for the visual-prompt methods (vpt, lpt)
-        from ptlab.models.vpt import timm_problem
-
-        return timm_problem(source)
-    import open_clip
-    from open_clip.pretrained import list_pretrained_tags_by_model
-
-    models = open_clip.list_models()
-    if scheme not in models:
-        near = difflib.get_close_matches(scheme, models, n=4, cutoff=0.5)
-        return f"unknown backbone {source!r}; close open_clip models: {', '.join(near) or 'none'}; or {forms}"
-    tags = list_pretrained_tags_by_model(scheme)
-    if rest != "random" and rest not in tags and "/" not in rest:
-        return f"{scheme} has no pretrained tag {rest!r}; allowed: {', '.join(tags + ['random'])}, or a weights file path"
-    return None
+# --- names that need no loading (backbones: ptlab.models.backbone.backbone_problem) ----
 
 
 def dataset_problem(source: str) -> str | None:
