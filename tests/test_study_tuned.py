@@ -359,6 +359,32 @@ def test_tiny_tuned_grid_end_to_end(cluster, runner, tmp_path):
 
 
 @pytest.mark.ray
+def test_a_tuned_cell_that_repeats_another_is_searched_and_rerun_once_end_to_end(cluster, tmp_path):
+    from ptlab.report.aggregate import load_study as load_results
+    from ptlab.report.tuned import tuned_cells
+    from ptlab.study.status import study_status
+    from ptlab.study.tuner import run_study
+
+    fields = {k: v for k, v in tuned(name="tuned_repeats", seeds=[1]).items() if k != "noise_type"}
+    spec = validate_study({**fields, "factors": {"noise_type": ["symmetric", "confusion"], "noise_rate": [0.0]},
+                           "search": {**TUNED["search"], "samples": 2}})
+    assert spec.n_cells() == 1 and spec.n_planned() == 2 + 1
+    assert run_study(spec, tmp_path, cluster)
+    df = pl.read_parquet(tmp_path / "results.parquet")
+    assert df.height == 3 and df.filter(pl.col("phase") == "rerun").height == 1
+    clean, repeat = "noise_type=symmetric,noise_rate=0.0", "noise_type=confusion,noise_rate=0.0"
+    selection = json.loads((tmp_path / "selection.json").read_text())["cells"]
+    assert set(selection) == {clean, repeat} and selection[repeat]["same_as"] == clean
+    assert selection[repeat]["params"] == selection[clean]["params"]
+    assert set(optuna_studies(tmp_path)) == {f"tuned_repeats/{clean}"}  # searched once
+    status = study_status(tmp_path)
+    assert (status["done"], status["planned"], status["cells_done"], status["cells"]) == (3, 3, 1, 1)
+    study = load_results(tmp_path)
+    table = tuned_cells(study, json.loads((tmp_path / "selection.json").read_text()))
+    assert table.height == 2 and table["tuned test_acc"].n_unique() == 1 and table["tuned seeds"].to_list() == [1, 1]
+
+
+@pytest.mark.ray
 def test_resume_after_kill_9_in_each_phase_repeats_and_loses_nothing(tmp_path):
     """kill -9 of the whole driver session during the searches, resume; again during the re-runs, resume.
 
