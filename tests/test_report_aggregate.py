@@ -262,12 +262,13 @@ def test_reference_rows_are_neither_trials_nor_cells(tmp_path):
     assert "| zero-shot CLIP |  |  |  | 1 | 45.00 |" in md
 
 
-def fixed_noise_grid(folder, stored_before_merging: bool = False):
+def fixed_noise_grid(folder, clean: str = "once"):
     """noise_grid_fixed in small: symmetric vs confusion at rates 0 and 0.5, 3 seeds, each cell's seed ensemble.
 
-    As a study stores it, the clean trials (the same for both noise types) are there once, under symmetric;
-    `stored_before_merging` writes what a ptlab that ran both noise types at rate 0 stored: each under an id
-    that hashed its noise type.
+    The clean trials are the same for both noise types. As a study stores them (clean="once") they are there
+    once, under symmetric; "apart" writes what a ptlab that ran both noise types at rate 0 stored, each under an
+    id that hashed its noise type; "resumed" a folder begun by that ptlab, its symmetric clean trials done, and
+    resumed by this one, which ran confusion's under the clean trial's id.
     """
     from report_fixtures import ensemble_row
 
@@ -279,15 +280,15 @@ def fixed_noise_grid(folder, stored_before_merging: bool = False):
                 acc = 80.0 - rate * (20.0 if noise_type == "symmetric" else 40.0) + seed
                 row = trial_row({"noise_type": noise_type, "noise_rate": rate, "seed": seed},
                                 {"test_acc": acc, "pseudo_label_acc": 0.0, "zeroshot_acc": 50.0})
-                if rate == 0 and stored_before_merging:
+                if rate == 0 and (clean == "apart" or clean == "resumed" and noise_type == "symmetric"):
                     row |= {"trial_id": f"{noise_type}{seed}", "cell_id": f"{noise_type}-clean"}
-                elif rate == 0 and noise_type == "confusion":
+                elif rate == 0 and noise_type == "confusion" and clean == "once":
                     continue
                 cell.append(row)
             rows += cell + ([ensemble_row(cell)] if cell else [])
     spec = {"name": "fixed", "method": "coop", "factors": {"noise_type": ["symmetric", "confusion"],
                                                           "noise_rate": [0.0, 0.5]}, "seeds": [1, 2, 3],
-            "planned_trials": 12 if stored_before_merging else 9}
+            "planned_trials": 9 if clean == "once" else 12}
     return load_study(write_study(folder, spec, rows))
 
 
@@ -316,8 +317,10 @@ def test_a_trial_that_is_the_result_of_several_cells_counts_in_each(tmp_path):
     assert study.cell_trials.height == 12 and study.cell_trials["trial_id"].n_unique() == 9
 
 
-def test_a_folder_that_stored_each_cell_on_its_own_is_read_as_it_is(tmp_path):
-    study = fixed_noise_grid(tmp_path / "s", stored_before_merging=True)
+@pytest.mark.parametrize("clean", ["apart", "resumed"])
+def test_a_folder_that_ran_each_cell_on_its_own_is_read_as_it_is(tmp_path, clean):
+    study = fixed_noise_grid(tmp_path / "s", clean)
     assert study.repeats.is_empty() and study.trials.height == 12
-    cells = cell_summary(study.rows, study.keys, study.metrics).filter(pl.col("method") == "coop")
-    assert cells.height == 4 and cells["n_seeds"].to_list() == [3] * 4
+    cells = cell_summary(study.rows, study.keys, study.metrics)
+    assert cells.height == 8 and cells.filter(pl.col("method") == "coop")["n_seeds"].to_list() == [3] * 4
+    assert cells.select("noise_type", "noise_rate", "method").n_unique() == 8

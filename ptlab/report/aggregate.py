@@ -211,10 +211,14 @@ def repeated_rows(rows: pl.DataFrame, repeated: dict[str, list[dict[str, Any]]])
     for cell_of, repeats in repeated.items():
         own = rows.filter(cell == cell_of)
         for values in repeats if not own.is_empty() else ():
-            copies.append(own.with_columns(
+            # rows the repeated cell ran itself (a folder begun by a ptlab that ran it apart) are already its own
+            holds = pl.all_horizontal([pl.col(path).eq_missing(value) if path in own.columns else pl.lit(False)
+                                       for path, value in values.items()])
+            copies.append(own.filter(~holds).with_columns(
                 *[pl.lit(value).alias(path) for path, value in values.items()],
                 (pl.col("cell_id") + "/" + cell_label(values)).alias("cell_id"),
             ))
+    copies = [c for c in copies if not c.is_empty()]
     return pl.concat(copies, how="diagonal_relaxed") if copies else pl.DataFrame()
 
 
