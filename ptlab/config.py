@@ -84,9 +84,10 @@ def noise_as_drawn(noise_type: str, rate: float, shots: int) -> str:
     nothing (the K-shot sample is handed on as noise type none, and
     confusion computes no zero-shot scores), so they are "none". ptnl and
     ptnl_distinct choose their own sample, PTNL's draw from each class's
-    first half, so they stay even at rate 0; and they tell apart only in
-    draws that shots 0 (the whole first half, nothing replaced) does not
-    make, so there ptnl_distinct at rate 0 is ptnl (ptlab.data.noise.ptnl_noise).
+    first half, so they stay even at rate 0. The two differ in drawing a
+    first half shorter than K with replacement and in drawing wrong images;
+    with shots 0 (each class's whole first half) at rate 0 neither happens,
+    so there ptnl_distinct is ptnl (ptlab.data.noise.ptnl_noise).
     """
     if rate > 0:
         return noise_type
