@@ -77,6 +77,25 @@ def _default_of(path: str) -> Any:
     return model.model_fields[leaf].get_default(call_default_factory=True)
 
 
+def noise_as_drawn(noise_type: str, rate: float, shots: int) -> str:
+    """The noise type whose training set a trial with these noise fields draws (ptlab.methods.supervision).
+
+    At rate 0 symmetric, pair and confusion noise flip no label and draw
+    nothing (the K-shot sample is handed on as noise type none, and
+    confusion computes no zero-shot scores), so they are "none". ptnl and
+    ptnl_distinct choose their own sample, PTNL's draw from each class's
+    first half, so they stay even at rate 0. The two differ in drawing a
+    first half shorter than K with replacement and in drawing wrong images;
+    with shots 0 (each class's whole first half) at rate 0 neither happens,
+    so there ptnl_distinct is ptnl (ptlab.data.noise.ptnl_noise).
+    """
+    if rate > 0:
+        return noise_type
+    if noise_type in ("ptnl", "ptnl_distinct"):
+        return "ptnl" if shots == 0 else noise_type
+    return "none"
+
+
 class TrialConfig(Frozen):
     method: str = "coop"
     backbone: str = "world:tiny-rn"
@@ -153,7 +172,9 @@ class TrialConfig(Frozen):
         return hash(self.trial_id)
 
     def canonical(self) -> dict[str, Any]:
-        """The config as its method reads it: options set away from their defaults, fields it never reads at theirs.
+        """The config as its method reads it: options set away from their defaults, fields it never reads at theirs,
+        the noise type as its training set is drawn (`noise_as_drawn`: "none" for symmetric, pair or confusion at
+        noise_rate 0).
 
         Trials that compute the same thing thus have one canonical form and one
         hash, whatever was written for fields that play no part in them. It is
@@ -171,6 +192,8 @@ class TrialConfig(Frozen):
             unread |= {f for name, params in LOSS_PARAMS.items() if name != self.loss for f in params.values()}
         for name in unread:
             data[name] = type(self).model_fields[name].get_default(call_default_factory=True)
+        if "noise_type" in method.uses:
+            data["noise_type"] = noise_as_drawn(self.noise_type, self.noise_rate, self.shots)
         for path in ADDED_FIELDS:
             *parents, leaf = path.split(".")
             node = data

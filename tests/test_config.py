@@ -49,3 +49,27 @@ def test_trial_run_refuses_misspelt_names_without_a_traceback(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "field method: unknown method 'coopp'; did you mean 'coop'?" in result.output
     assert "field backbone: unknown world backbone 'world:tiny-rnn'" in result.output
+
+
+
+def test_noise_types_that_draw_one_training_set_are_one_trial():
+    clean = TrialConfig()
+    for kind in ("symmetric", "pair", "confusion"):
+        at_zero = TrialConfig(noise_type=kind, noise_rate=0.0)
+        # the clean trial's id, pinned since before noise at rate 0 was recognised (tests/test_registry.py)
+        assert at_zero.trial_id == clean.trial_id == "4fe1d79c9f90"
+        assert at_zero.model_dump()["noise_type"] == kind  # records carry the config as written
+    # above rate 0 every kind is its own trial, under the id it had before
+    pinned = {"symmetric": "a4b8e8741d9d", "pair": "abb44d589958", "confusion": "5653fc6efe3b",
+              "ptnl": "65f77f9f9eba", "ptnl_distinct": "f51c9dd3a4ee"}
+    assert {kind: TrialConfig(noise_type=kind, noise_rate=0.25).trial_id for kind in pinned} == pinned
+    # ptnl kinds choose their own sample, also at rate 0: apart from the clean trial and each other, ids unchanged ...
+    ptnl, distinct = TrialConfig(noise_type="ptnl"), TrialConfig(noise_type="ptnl_distinct")
+    assert (ptnl.trial_id, distinct.trial_id) == ("ca13337f7703", "26415af10186")
+    # ... but with shots 0 (each class's whole first half, nothing replaced) they draw the same set
+    assert ptnl.with_updates({"shots": 0}).trial_id == distinct.with_updates({"shots": 0}).trial_id == "855e6e4ce7ad"
+    assert TrialConfig(noise_type="ptnl", shots=0, noise_rate=0.25).trial_id != \
+        TrialConfig(noise_type="ptnl_distinct", shots=0, noise_rate=0.25).trial_id
+    # a method that reads no noise: every noise field is one trial, as before
+    zeroshot = TrialConfig(method="zeroshot")
+    assert zeroshot.with_updates({"noise_type": "symmetric", "noise_rate": 0.5}).trial_id == zeroshot.trial_id

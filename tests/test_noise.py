@@ -340,3 +340,33 @@ def test_ptnl_rejects_a_set_without_enough_wrong_images():
         ptnl_noise(np.array([0, 1]), 1, 1.0, 1)
     with pytest.raises(ValueError, match="shots"):
         ptnl_noise(np.array([0, 1]), -1, 0.0, 1)
+
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "pair", "confusion", "ptnl"])
+def test_at_rate_0_only_noise_types_that_mislabel_a_given_sample_draw_the_clean_training_set(kind):
+    """What makes their trials one (TrialConfig.canonical): the training set itself, drawn as a trial draws it."""
+    from ptlab.config import TrialConfig
+    from ptlab.data.sources import load_dataset
+    from ptlab.methods.supervision import noisy_training_set
+
+    bundle = load_dataset("world:shapes")
+    # no backbone or feature cache: at rate 0 confusion noise must not need its zero-shot scores
+    drawn = noisy_training_set(TrialConfig(noise_type=kind, noise_rate=0.0, seed=3), bundle, None, None)
+    clean = noisy_training_set(TrialConfig(seed=3), bundle, None, None)
+    assert drawn.rate == 0
+    same = all(np.array_equal(getattr(drawn, f), getattr(clean, f)) for f in ("indices", "labels", "true_labels"))
+    # ptnl draws its own sample from each class's first half, noisy or not
+    assert same == (kind != "ptnl")
+
+
+def test_at_rate_0_ptnl_and_ptnl_distinct_agree_only_on_whole_first_halves():
+    """Why they stay two trials at rate 0 with K shots, and are one with shots 0."""
+    labels = np.repeat(np.arange(4), [18, 40, 40, 40])  # class 0's first half (9 images) is shorter than K = 16
+    for seed in range(3):
+        release, distinct = ptnl_noise(labels, 16, 0.0, seed), ptnl_noise(labels, 16, 0.0, seed, distinct=True)
+        assert release.rate == distinct.rate == 0
+        assert not np.array_equal(release.indices, distinct.indices)  # the release's repeated draws collapse
+        whole, whole_distinct = ptnl_noise(labels, 0, 0.0, seed), ptnl_noise(labels, 0, 0.0, seed, distinct=True)
+        for field in ("indices", "labels", "true_labels"):
+            assert np.array_equal(getattr(whole, field), getattr(whole_distinct, field))

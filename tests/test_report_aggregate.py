@@ -256,7 +256,71 @@ def test_reference_rows_are_neither_trials_nor_cells(tmp_path):
     study = load_study(noise_grid(tmp_path / "grid"))
     assert study.references.height == 1 and study.references["test_acc"].item() == ZERO_SHOT_ACC
     assert "zeroshot" not in study.trials["method"].to_list() and "method" not in study.keys
-    assert study.trials.height == 72 and not study.partial
+    assert study.trials.height == 60 and not study.partial
     md = (export_tables(study, cell_summary(study.rows, study.keys, study.metrics), pl.DataFrame(), tmp_path / "o",
                         ["test_acc"]) and (tmp_path / "o" / "summary.md").read_text())
     assert "| zero-shot CLIP |  |  |  | 1 | 45.00 |" in md
+
+
+def fixed_noise_grid(folder, clean: str = "once"):
+    """noise_grid_fixed in small: symmetric vs confusion at rates 0 and 0.5, 3 seeds, each cell's seed ensemble.
+
+    The clean trials are the same for both noise types. As a study stores them (clean="once") they are there
+    once, under symmetric; "apart" writes what a ptlab that ran both noise types at rate 0 stored, each under an
+    id that hashed its noise type; "resumed" a folder begun by that ptlab, its symmetric clean trials done, and
+    resumed by this one, which ran confusion's under the clean trial's id.
+    """
+    from report_fixtures import ensemble_row
+
+    rows = []
+    for noise_type in ("symmetric", "confusion"):
+        for rate in (0.0, 0.5):
+            cell = []
+            for seed in (1, 2, 3):
+                acc = 80.0 - rate * (20.0 if noise_type == "symmetric" else 40.0) + seed
+                row = trial_row({"noise_type": noise_type, "noise_rate": rate, "seed": seed},
+                                {"test_acc": acc, "pseudo_label_acc": 0.0, "zeroshot_acc": 50.0})
+                if rate == 0 and (clean == "apart" or clean == "resumed" and noise_type == "symmetric"):
+                    row |= {"trial_id": f"{noise_type}{seed}", "cell_id": f"{noise_type}-clean"}
+                elif rate == 0 and noise_type == "confusion" and clean == "once":
+                    continue
+                cell.append(row)
+            rows += cell + ([ensemble_row(cell)] if cell else [])
+    spec = {"name": "fixed", "method": "coop", "factors": {"noise_type": ["symmetric", "confusion"],
+                                                          "noise_rate": [0.0, 0.5]}, "seeds": [1, 2, 3],
+            "planned_trials": 9 if clean == "once" else 12}
+    return load_study(write_study(folder, spec, rows))
+
+
+def test_a_trial_that_is_the_result_of_several_cells_counts_in_each(tmp_path):
+    study = fixed_noise_grid(tmp_path / "s")
+    # stored once: 9 trials, as planned, and their ensembles
+    assert study.trials.height == 9 and not study.partial and study.ensembles.height == 3
+    assert study.keys == ["noise_type", "noise_rate", "ensemble_size", "method"]
+    cells = cell_summary(study.rows, study.keys, study.metrics)
+    trained = cells.filter(pl.col("method") == "coop")
+    assert trained.height == 4 and trained["n_seeds"].to_list() == [3] * 4
+    clean = trained.filter(pl.col("noise_rate") == 0.0)
+    assert clean["noise_type"].sort().to_list() == ["confusion", "symmetric"]
+    assert clean["test_acc_mean"].to_list() == [82.0, 82.0]
+    confusion = clean.filter(pl.col("noise_type") == "confusion")["cell_id"].item()
+    symmetric = clean.filter(pl.col("noise_type") == "symmetric")["cell_id"].item()
+    assert confusion == f"{symmetric}/noise_type=confusion"
+    # both robustness curves start at the shared clean trial
+    robustness = robustness_summary(cells, study.keys).filter(pl.col("method") == "coop").sort("noise_type")
+    assert robustness["rate_lo"].to_list() == [0.0, 0.0] and robustness["drop"].to_list() == [20.0, 10.0]
+    # the clean cell's seed ensemble counts for both noise types too
+    ensembles = cells.filter((pl.col("method") == "coop_ensemble") & (pl.col("noise_rate") == 0.0))
+    assert ensembles["noise_type"].sort().to_list() == ["confusion", "symmetric"]
+    assert ensembles["test_acc_mean"].to_list() == [82.0 + ENSEMBLE_GAIN] * 2
+    # learning curves and tuned tables read trials by cell: the clean trials are in both
+    assert study.cell_trials.height == 12 and study.cell_trials["trial_id"].n_unique() == 9
+
+
+@pytest.mark.parametrize("clean", ["apart", "resumed"])
+def test_a_folder_that_ran_each_cell_on_its_own_is_read_as_it_is(tmp_path, clean):
+    study = fixed_noise_grid(tmp_path / "s", clean)
+    assert study.repeats.is_empty() and study.trials.height == 12
+    cells = cell_summary(study.rows, study.keys, study.metrics)
+    assert cells.height == 8 and cells.filter(pl.col("method") == "coop")["n_seeds"].to_list() == [3] * 4
+    assert cells.select("noise_type", "noise_rate", "method").n_unique() == 8

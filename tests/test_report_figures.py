@@ -23,7 +23,7 @@ def search(tmp_path_factory):
 
 
 def draw(spec, study):
-    return render(spec, study, cell_summary(study.trials, study.keys, study.metrics))
+    return render(spec, study, cell_summary(study.rows, study.keys, study.metrics))
 
 
 def test_surface_per_loss_holds_the_cell_means(grid):

@@ -43,11 +43,11 @@ def test_report_is_one_self_contained_file(grid_report):
 
 def test_report_shows_summary_exclusions_spec_and_tables(grid_report):
     page = grid_report.read_text()
-    assert 'data-report-state="complete"' in page and "all 72 planned trials" in page
+    assert 'data-report-state="complete"' in page and "all 60 planned trials" in page
     assert '<td class="best">82.00 ± 2.48</td>' in page and "<td>80.00 ± 2.48</td>" in page
     assert "seed 2 failed; seed 3 flagged_nan" in page and "RuntimeError: CUDA out of memory" in page
     assert "Robustness to label noise</h2>" in page
-    assert "planned_trials: 72" in page
+    assert "planned_trials: 60" in page
     assert {p.name for p in grid_report.parent.iterdir()} == {
         "index.html", "cells.csv", "robustness.csv", "summary.md", "summary.tex"
     }
@@ -108,17 +108,17 @@ def test_banner_reads_the_status_that_study_status_reads(tmp_path):
                 "pid": os.getpid(), "host": socket.gethostname(), "elapsed_s": 60.0}
     (folder / "progress.json").write_text(json.dumps(progress))
     page = build_report(folder).read_text()
-    assert "Running: 30 of 72 planned trials have results, 2 running, ETA 5m00s" in page
+    assert "Running: 30 of 60 planned trials have results, 2 running, ETA 5m00s" in page
     (folder / "progress.json").write_text(json.dumps(progress | {"heartbeat": time.time() - 3600}))
     page = build_report(folder).read_text()
-    assert "Partial report: 30 of 72 planned trials have results. The study was interrupted" in page
+    assert "Partial report: 30 of 60 planned trials have results. The study was interrupted" in page
     assert f"ptlab study resume {folder}" in page
 
 
 def test_partial_study_is_marked_partial(tmp_path):
     page = build_report(fx.noise_grid(tmp_path / "grid", keep=30)).read_text()
     assert 'data-report-state="partial"' in page
-    assert "Partial report: 30 of 72 planned trials have results" in page
+    assert "Partial report: 30 of 60 planned trials have results" in page
 
 
 def test_study_without_plan_or_results(tmp_path):
@@ -202,3 +202,41 @@ def test_shipped_dashboard_in_headless_chromium(board, tmp_path):
     assert len(plots) == declared
     empty = [p["id"] for p in plots if not p["traces"] or not p["drawn"]]
     assert empty == []
+
+
+def test_a_tuned_cell_that_repeats_another_shows_its_selection_and_reruns(tmp_path):
+    """Confusion noise at rate 0 was not searched: it has the clean cell's selection and re-runs, and its own row."""
+    import json
+
+    import polars as pl
+
+    from ptlab.config import TrialConfig
+    from ptlab.report.aggregate import load_study
+    from ptlab.report.tuned import tuned_cells
+    from ptlab.study.space import cell_id, cell_label
+
+    factors = {"noise_type": ["symmetric", "confusion"], "noise_rate": [0.0, 0.5]}
+    distinct = [{"noise_type": "symmetric", "noise_rate": 0.0}, {"noise_type": "symmetric", "noise_rate": 0.5},
+                {"noise_type": "confusion", "noise_rate": 0.5}]
+    lr = {0: 0.01, 1: 0.02, 2: 0.03}
+    rows, chosen = [], {}
+    for i, cell in enumerate(distinct):
+        for seed in (1, 2):
+            row = fx.trial_row({**cell, "train.lr": lr[i], "seed": seed}, {"test_acc": 70.0 + 5 * i + seed})
+            rows.append(row | {"phase": "rerun", "cell_id": cell_id(TrialConfig().with_updates(cell))})
+        chosen[cell_label(cell)] = {"cell": cell, "params": {"train.lr": lr[i]}, "trial": f"t{i}", "value": 60.0 + i,
+                                    "samples": 4, "pruned": 1, "failed": 0}
+    clean = cell_label(distinct[0])
+    repeat = {"noise_type": "confusion", "noise_rate": 0.0}
+    chosen[cell_label(repeat)] = {**chosen[clean], "cell": repeat, "same_as": clean}
+    spec = {"name": "tuned", "method": "coop", "factors": factors, "seeds": [1, 2], "planned_trials": 18,
+            "search": {"space": {"train.lr": {"log_uniform": [1e-4, 1e-1]}}, "samples": 4, "metric": "val_acc"}}
+    folder = fx.write_study(tmp_path / "tuned", spec, rows)
+    selection = {"selection": "val", "metric": "val_acc", "mode": "max", "cells": chosen}
+    (folder / "selection.json").write_text(json.dumps(selection))
+    cells = tuned_cells(load_study(folder), selection).sort("noise_type", "noise_rate")
+    assert cells.height == 4
+    at_zero = cells.filter(pl.col("noise_rate") == 0.0)
+    assert at_zero["tuned test_acc"].to_list() == [71.5, 71.5] and at_zero["tuned seeds"].to_list() == [2, 2]
+    assert at_zero["selected train.lr"].to_list() == [0.01, 0.01]
+    assert "Tuned grid" in build_report(folder).read_text()

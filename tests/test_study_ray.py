@@ -158,6 +158,28 @@ def test_grid_inline_end_to_end_with_a_trial_that_keeps_failing(cluster, random_
     assert gauges["flagged_collapse"] == 2.0 and gauges["running"] == 0.0
 
 
+def test_cells_that_compute_the_same_thing_run_one_trial_that_counts_for_each(cluster, random_tiny_clip, tmp_path):
+    from ptlab.report.aggregate import cell_summary, load_study
+    from ptlab.report.html import build_report
+    from ptlab.study.status import study_status
+
+    # at noise rate 0 neither noise type flips a label: one clean trial for both cells
+    spec = study(random_tiny_clip, name="grid_repeats", seeds=[1],
+                 factors={"noise_type": ["symmetric", "confusion"], "noise_rate": [0.0]})
+    assert run(spec, tmp_path, cluster)
+    df = pl.read_parquet(tmp_path / "results.parquet")
+    assert df.height == 1 and df["noise_type"].item() == "symmetric"
+    assert yaml.safe_load((tmp_path / "study.yaml").read_text())["planned_trials"] == 1
+    status = study_status(tmp_path)
+    assert (status["done"], status["planned"], status["cells_done"], status["cells"]) == (1, 1, 1, 1)
+    study_results = load_study(tmp_path)
+    assert study_results.trials.height == 1 and not study_results.partial
+    cells = cell_summary(study_results.rows, study_results.keys, study_results.metrics)
+    assert sorted(cells["noise_type"].to_list()) == ["confusion", "symmetric"]
+    assert cells["n_seeds"].to_list() + cells["n_excluded"].to_list() == [0, 0, 1, 1]  # chance level: flagged
+    assert "all 1 planned trials" in build_report(tmp_path).read_text()
+
+
 def scraped_gauges(name: str, expected: dict[str, float], study: str, timeout_s: float = 60) -> dict[str, float]:
     """The gauge `name` of `study` by its state tag, read from the head node's Prometheus endpoint.
 

@@ -382,3 +382,37 @@ def test_a_stored_spec_names_each_factor_once():
     stored = yaml.safe_load(spec.to_yaml())
     assert "loss" not in stored and "noise_rate" not in stored and stored["factors"]["loss"] == ["ce", "gce"]
     assert validate_study(stored).content_hash() == spec.content_hash()
+
+
+def test_cells_that_compute_the_same_thing_are_one_cell_and_its_trials_run_once():
+    """noise_grid_fixed: both noise types at noise_rate 0 are the clean trial, run once and counted for both."""
+    path = Path(__file__).resolve().parent.parent / "studies" / "noise_grid_fixed.yaml"
+    spec = load_study(path)
+    groups = spec.cell_groups()
+    assert sum(map(len, groups)) == 16 and len(groups) == spec.n_cells() == 14
+    merged = [group for group in groups if len(group) > 1]
+    assert merged == [[{"noise_type": "symmetric", "noise_rate": 0.0, "loss": loss},
+                       {"noise_type": "confusion", "noise_rate": 0.0, "loss": loss}] for loss in ("ce", "gce")]
+    trials = spec.trials()
+    assert spec.n_planned() == len(trials) == 42 == len({t.trial_id for t in trials})
+    clean = [t for t in trials if t.config.noise_rate == 0]
+    assert len(clean) == 6 and all(t.repeats == ({**t.cell, "noise_type": "confusion"},) for t in clean)
+    assert all(t.config.noise_type == "symmetric" for t in clean)  # the first cell's config, as written, runs
+    # the clean trials keep the ids of noise_type none; the noisy ones theirs
+    none = spec.base.with_updates({"noise_type": "none", "noise_rate": 0.0, "loss": "ce", "seed": 1})
+    assert none.trial_id in {t.trial_id for t in clean}
+    stored = yaml.safe_load(spec.to_yaml())
+    assert stored["planned_trials"] == 42 and validate_study(stored).n_planned() == 42
+    out = CliRunner().invoke(app, ["study", "validate", str(path)])
+    assert out.exit_code == 0, out.output
+    assert ("16 cells x 3 seeds ([1, 2, 3]); 14 distinct: 2 cells compute what another does (they differ from it "
+            "only in noise_type) and share its trials") in out.output
+    assert "noise_type=symmetric, noise_rate=0.0, loss=ce  (also noise_type=confusion)" in out.output
+    assert "planned trials: 42 distinct (48 as the grid is written, 6 of them repeats)" in out.output
+
+
+def test_a_method_that_reads_no_noise_is_one_cell_at_every_noise_rate():
+    spec = validate_study(yaml.safe_load(edit(GOOD, "  loss: [ce, gce]", "  method: [coop, ctx0]")))
+    # grid order: (0, coop), (0, ctx0), (0.25, coop), (0.25, ctx0); ctx0 at 0.25 repeats ctx0 at 0
+    assert [len(group) for group in spec.cell_groups()] == [1, 2, 1]
+    assert spec.n_planned() == 3 * 2

@@ -136,6 +136,33 @@ def test_a_cell_without_a_finished_search_trial_stops_the_study_with_a_reason(tm
         select_configs(spec, tmp_path)
 
 
+def test_a_cell_that_computes_what_another_does_is_searched_and_rerun_once_and_selected_under_both_labels(tmp_path):
+    from ptlab.study.tuner import rerun_configs, select_configs
+
+    noise_grid = {k: v for k, v in tuned().items() if k != "noise_type"}
+    spec = validate_study({**noise_grid, "factors": {"noise_type": ["symmetric", "confusion"], "noise_rate": [0.0, 0.5]}})
+    # at noise_rate 0 no label is flipped: confusion's clean cell is symmetric's
+    assert [cell_label(c) for c in spec.cells()] == [
+        "noise_type=symmetric,noise_rate=0.0", "noise_type=symmetric,noise_rate=0.5", "noise_type=confusion,noise_rate=0.5"]
+    assert spec.n_cells() == 3 and spec.n_planned() == 3 * (4 + 2)
+    store_search_rows(tmp_path, spec, [(0.1, "completed", 70.0, 90.0), (0.01, "completed", 80.0, 60.0)])
+    selected = select_configs(spec, tmp_path)["cells"]
+    assert len(selected) == 4
+    clean, repeat = selected["noise_type=symmetric,noise_rate=0.0"], selected["noise_type=confusion,noise_rate=0.0"]
+    assert repeat == {**clean, "cell": {"noise_type": "confusion", "noise_rate": 0.0},
+                      "same_as": "noise_type=symmetric,noise_rate=0.0"}
+    reruns = rerun_configs(spec, {"cells": selected})
+    assert len(reruns) == 3 * 2 == len({c.trial_id for c in reruns})
+
+
+def test_cells_are_one_only_if_they_are_at_every_probe_of_the_search_space():
+    # gce_q is unread by the base loss ce, but not by the gce the search may sample: two cells
+    spec = validate_study(tuned(factors={"gce_q": [0.5, 0.7]}, noise_type="none",
+                                search={**TUNED["search"], "space": {"lr": {"log_uniform": [1.0e-4, 1.0]},
+                                                                     "loss": {"choice": ["ce", "gce"]}}}))
+    assert spec.n_cells() == 2 and [len(g) for g in spec.cell_groups()] == [1, 1]
+
+
 # --- the command line ------------------------------------------------------------------
 
 
@@ -329,6 +356,32 @@ def test_tiny_tuned_grid_end_to_end(cluster, runner, tmp_path):
         # listed by name in the dashboard's Train view, some of them while the study ran
         assert seen & names
         assert names <= train_run_names(dashboard)
+
+
+@pytest.mark.ray
+def test_a_tuned_cell_that_repeats_another_is_searched_and_rerun_once_end_to_end(cluster, tmp_path):
+    from ptlab.report.aggregate import load_study as load_results
+    from ptlab.report.tuned import tuned_cells
+    from ptlab.study.status import study_status
+    from ptlab.study.tuner import run_study
+
+    fields = {k: v for k, v in tuned(name="tuned_repeats", seeds=[1]).items() if k != "noise_type"}
+    spec = validate_study({**fields, "factors": {"noise_type": ["symmetric", "confusion"], "noise_rate": [0.0]},
+                           "search": {**TUNED["search"], "samples": 2}})
+    assert spec.n_cells() == 1 and spec.n_planned() == 2 + 1
+    assert run_study(spec, tmp_path, cluster)
+    df = pl.read_parquet(tmp_path / "results.parquet")
+    assert df.height == 3 and df.filter(pl.col("phase") == "rerun").height == 1
+    clean, repeat = "noise_type=symmetric,noise_rate=0.0", "noise_type=confusion,noise_rate=0.0"
+    selection = json.loads((tmp_path / "selection.json").read_text())["cells"]
+    assert set(selection) == {clean, repeat} and selection[repeat]["same_as"] == clean
+    assert selection[repeat]["params"] == selection[clean]["params"]
+    assert set(optuna_studies(tmp_path)) == {f"tuned_repeats/{clean}"}  # searched once
+    status = study_status(tmp_path)
+    assert (status["done"], status["planned"], status["cells_done"], status["cells"]) == (3, 3, 1, 1)
+    study = load_results(tmp_path)
+    table = tuned_cells(study, json.loads((tmp_path / "selection.json").read_text()))
+    assert table.height == 2 and table["tuned test_acc"].n_unique() == 1 and table["tuned seeds"].to_list() == [1, 1]
 
 
 @pytest.mark.ray

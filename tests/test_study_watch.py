@@ -43,10 +43,10 @@ def test_watch_refreshes_until_the_driver_finishes(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["study", "watch", str(folder), "--every", "0.5"])
     assert result.exit_code == 0, result.output
     assert sleeps == [0.5, 0.5]
-    assert seen == [("running", 30), ("running", 30), ("finished", 72)]
+    assert seen == [("running", 30), ("running", 30), ("finished", 60)]
     # Off a terminal, the table is printed again only when it changed.
-    assert result.output.count("study grid — running") == 1 and "30/72 finished" in result.output
-    assert "study grid — finished" in result.output and "72/72 finished" in result.output
+    assert result.output.count("study grid — running") == 1 and "30/60 finished" in result.output
+    assert "study grid — finished" in result.output and "60/60 finished" in result.output
 
 
 def test_watch_of_an_interrupted_study_says_how_to_resume(tmp_path):

@@ -32,6 +32,8 @@ from ptlab.config import is_config_column
 from ptlab.methods.base import STATUS_COLLAPSED, STATUS_COMPLETED, STATUS_FAILED, STATUS_NAN, STATUS_PRUNED
 from ptlab.study.layout import STUDY_FILE
 from ptlab.study.reference import reference_store
+from ptlab.study.space import cell_id, cell_label, differing_fields, field_value
+from ptlab.study.spec import stored_plan
 from ptlab.study.store import ENSEMBLE_SIZE, PHASE, ResultStore, is_ensemble
 
 COMPLETED, PRUNED = STATUS_COMPLETED, STATUS_PRUNED
@@ -81,17 +83,26 @@ class StudyResults:
     metrics: list[str]  # numeric outcome columns holding at least one value
     # A tuned grid's search trials: they chose each cell's configuration; `trials` are its re-runs.
     search: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
+    # The rows of the cells that compute what another cell does (`repeated_rows`): that cell's
+    # trial and ensemble rows under their own factor values and cell id. Not trials of their own.
+    repeats: pl.DataFrame = dataclasses.field(default_factory=pl.DataFrame)
 
     @property
     def name(self) -> str:
         return str(self.spec.get("name", self.folder.name))
 
     @property
-    def rows(self) -> pl.DataFrame:
-        """Trials and ensembles: what cells are made of."""
-        if self.ensembles.is_empty():
+    def cell_trials(self) -> pl.DataFrame:
+        """Trials as the grid's cells hold them: a trial that is the result of several cells once in each."""
+        if self.repeats.is_empty():
             return self.trials
-        return pl.concat([self.trials, self.ensembles], how="diagonal_relaxed")
+        return pl.concat([self.trials, self.repeats.filter(~is_ensemble(self.repeats))], how="diagonal_relaxed")
+
+    @property
+    def rows(self) -> pl.DataFrame:
+        """Trials and ensembles, each in every cell it is the result of: what cells are made of."""
+        frames = [f for f in (self.trials, self.ensembles, self.repeats) if not f.is_empty()]
+        return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else self.trials
 
     @property
     def planned(self) -> int | None:
@@ -137,11 +148,13 @@ def load_study(folder: str | Path) -> StudyResults:
         # A retried trial is appended again; its latest row is the one that counts.
         rows = spread_method_options(rows.unique(subset="trial_id", keep="last", maintain_order=True))
     ensemble = is_ensemble(rows)
+    repeats = repeated_rows(rows, repeated_cells(spec))
     references = reference_store(folder).rows()
     curves = store.curves()
     factors = list((spec.get("factors") or {}).keys())
     # a tuned grid's cells are its factors; the searched fields are what each cell selected
     searched = set((spec.get("search") or {}).get("space") or {}) if PHASE in rows.columns else set()
+    every = pl.concat([rows, repeats], how="diagonal_relaxed") if not repeats.is_empty() else rows
     return StudyResults(
         search=search,
         folder=folder,
@@ -151,9 +164,62 @@ def load_study(folder: str | Path) -> StudyResults:
         ensembles=rows.filter(ensemble),
         references=references,
         curves=curves,
-        keys=[k for k in cell_keys(rows, factors) if k not in searched],
+        keys=[k for k in cell_keys(every, factors) if k not in searched],
         metrics=metric_columns(rows),
+        repeats=repeats,
     )
+
+
+def _as_stored(value: Any) -> Any:
+    # as the store flattens a config (ptlab.config.flatten_config) and spread_method_options a nested option
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+
+
+def repeated_cells(spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Cell id of a study's trials -> for each other grid cell they are the result of, what tells it apart.
+
+    That is the factor values, as results.parquet holds them, in which a
+    cell differs from the first cell of its group (StudySpec.cell_groups),
+    the one the study ran; empty where the grid has no such cells or the
+    stored spec is none this ptlab can plan.
+    """
+    plan = stored_plan(spec)
+    if plan is None or not plan.kind.has_cells:
+        return {}
+    repeated = {}
+    for first, *others in plan.cell_groups():
+        if others:
+            configs = [plan.base.with_updates(other) for other in others]
+            repeated[cell_id(plan.base.with_updates(first))] = [
+                {path: _as_stored(field_value(cfg, path)) for path in differing_fields(other, first)}
+                for other, cfg in zip(others, configs, strict=True)
+            ]
+    return repeated
+
+
+def repeated_rows(rows: pl.DataFrame, repeated: dict[str, list[dict[str, Any]]]) -> pl.DataFrame:
+    """Copies of the trial and ensemble rows of each cell in `repeated`, one set per cell repeating it, under
+    that cell's factor values and the cell id `<cell id>/<what differs>`; an ensemble is in its members' cell."""
+    if not repeated or rows.is_empty():
+        return pl.DataFrame()
+    cell = pl.col("cell_id")
+    if ENSEMBLE_SIZE in rows.columns:
+        member_cell = dict(zip(rows["trial_id"], rows["cell_id"], strict=True))
+        first_member = pl.col("ensemble_members").str.split(",").list.first()
+        cell = pl.when(is_ensemble(rows)).then(first_member.replace_strict(member_cell, default=None)).otherwise(cell)
+    copies = []
+    for cell_of, repeats in repeated.items():
+        own = rows.filter(cell == cell_of)
+        for values in repeats if not own.is_empty() else ():
+            # rows the repeated cell ran itself (a folder begun by a ptlab that ran it apart) are already its own
+            holds = pl.all_horizontal([pl.col(path).eq_missing(value) if path in own.columns else pl.lit(False)
+                                       for path, value in values.items()])
+            copies.append(own.filter(~holds).with_columns(
+                *[pl.lit(value).alias(path) for path, value in values.items()],
+                (pl.col("cell_id") + "/" + cell_label(values)).alias("cell_id"),
+            ))
+    copies = [c for c in copies if not c.is_empty()]
+    return pl.concat(copies, how="diagonal_relaxed") if copies else pl.DataFrame()
 
 
 def spread_method_options(trials: pl.DataFrame) -> pl.DataFrame:

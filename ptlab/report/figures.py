@@ -481,7 +481,7 @@ def _curves_with_status(spec: dash.LearningCurves, study: StudyResults, columns:
         raise FigureSkipped("no curves.parquet in the study folder")
     if spec.y not in study.curves.columns:
         raise FigureSkipped(f"curves.parquet has no column {spec.y}")
-    info = study.trials.select("trial_id", "cell_id", "status", "seed", *[c for c in columns if c != "status"])
+    info = study.cell_trials.select("trial_id", "cell_id", "status", "seed", *[c for c in columns if c != "status"])
     curves = study.curves.join(info, on="trial_id", how="inner").filter(pl.col(spec.y).is_not_null())
     if curves.is_empty():
         raise FigureSkipped(f"curves.parquet holds no values of {spec.y}")

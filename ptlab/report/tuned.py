@@ -63,9 +63,9 @@ def tuned_cells(study: StudyResults, selection: dict, fixed: StudyResults | None
         row = {**cell, **{f"selected {path}": value for path, value in chosen["params"].items()}}
         row.update({"samples": chosen["samples"], "pruned %": 100 * chosen["pruned"] / max(chosen["samples"], 1),
                     f"best {selection['metric']}": chosen["value"]})
-        row.update(_result(_matching(study.trials, cell), factors, "tuned "))
+        row.update(_result(_matching(study.cell_trials, cell), factors, "tuned "))
         if fixed is not None:
-            row.update(_result(_matching(fixed.trials, cell), factors, "fixed "))
+            row.update(_result(_matching(fixed.cell_trials, cell), factors, "fixed "))
         rows.append(row)
     return pl.DataFrame(rows, infer_schema_length=None)
 

@@ -46,6 +46,8 @@ def _load(path: Path, overrides: list[str] | None = None):
 
 
 def _describe(spec) -> None:
+    from ptlab.study.space import differing_fields
+
     kind = spec.kind
     typer.echo(f"study {spec.name}: {kind}, method {spec.method}, runner {spec.runner}, "
                f"resources {spec.resources.model_dump()}")
@@ -58,15 +60,32 @@ def _describe(spec) -> None:
         rule = ("ORACLE selection by " + spec.selection_metric + " (test data: an upper bound, not a fair result)"
                 if spec.selection == "oracle" else f"selection by {spec.selection_metric} on validation")
         typer.echo(f"  then {rule}; the selected configuration of each cell re-run for seeds {spec.seeds}")
+    groups = spec.cell_groups() if kind.has_cells else []
+    repeats = sum(len(group) - 1 for group in groups)
     if kind.has_cells:
-        typer.echo(f"  {spec.n_cells()} cells x {len(spec.seeds)} seeds ({spec.seeds})")
+        seeds = f"{len(spec.seeds)} seeds ({spec.seeds})"
+        if repeats:
+            fields = [path for path in spec.factors
+                      if any(path in differing_fields(cell, first) for first, *others in groups for cell in others)]
+            typer.echo(f"  {sum(map(len, groups))} cells x {seeds}; {len(groups)} distinct: {repeats} cells compute "
+                       f"what another does (they differ from it only in {', '.join(fields)}) and share its trials")
+        else:
+            typer.echo(f"  {len(groups)} cells x {seeds}")
         shown = spec.trials()[:: len(spec.seeds)]
         for trial in shown[:20]:
             cell = ", ".join(f"{k}={v}" for k, v in trial.cell.items()) or "(the base config)"
-            typer.echo(f"    cell {trial.cell_id}: {cell}")
+            also = "; ".join(", ".join(f"{k}={v}" for k, v in differing_fields(other, trial.cell).items())
+                             for other in trial.repeats)
+            typer.echo(f"    cell {trial.cell_id}: {cell}" + (f"  (also {also})" if also else ""))
         if len(shown) > 20:
             typer.echo(f"    ... and {len(shown) - 20} more cells")
-    typer.echo(f"  planned trials: {spec.n_planned()}")
+    if repeats:
+        # every distinct cell plans as many trials (its seeds, or its samples and re-runs)
+        written = spec.n_planned() // len(groups) * sum(map(len, groups))
+        typer.echo(f"  planned trials: {spec.n_planned()} distinct ({written} as the grid is written, "
+                   f"{written - spec.n_planned()} of them repeats)")
+    else:
+        typer.echo(f"  planned trials: {spec.n_planned()}")
     for method, sizes in spec.ensemble.items():
         typer.echo(f"  then seed ensembles of {method} over {', '.join(map(str, sizes))} seeds per cell")
 

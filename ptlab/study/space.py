@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ptlab.config import TrialConfig
 
@@ -146,6 +146,9 @@ def cell_label(cell: dict[str, Any]) -> str:
 class PlannedTrial:
     config: TrialConfig
     cell: dict[str, Any]  # factor path -> value of this trial's cell
+    # Other cells of the grid whose configs compute the same thing (one canonical form,
+    # TrialConfig.canonical): this trial is their result too, run once.
+    repeats: tuple[dict[str, Any], ...] = ()
 
     @property
     def trial_id(self) -> str:
@@ -161,11 +164,41 @@ def grid_cells(factors: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*(factors[n] for n in names))]
 
 
-def expand_grid(base: TrialConfig, factors: dict[str, list[Any]], seeds: list[int]) -> list[PlannedTrial]:
-    """Every cell x seed, cells in factor order (the last factor varies fastest), seeds innermost."""
+def cell_groups(base: TrialConfig, factors: dict[str, list[Any]],
+                space: dict[str, Dist] | None = None) -> list[list[dict[str, Any]]]:
+    """The grid's cells grouped by what they compute (their cell id), each group in grid order.
+
+    A group of several is one computation written several ways, e.g. noise
+    types at noise_rate 0, where no label is flipped: its first cell is the
+    one a study runs, and the others repeat it. With a search `space`, cells
+    are one only if they are so at every probe value of it (each bound and
+    choice, the values where what a field decides can change: a sampled loss
+    that reads a factor, a sampled noise rate above 0).
+    """
+    probes = [dict(zip(space, values, strict=True))
+              for values in itertools.product(*(d.probe_values() for d in space.values()))] if space else [{}]
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for i, cell in enumerate(grid_cells(factors)):
+        try:
+            key = tuple(cell_id(base.with_updates({**cell, **probe})) for probe in probes)
+        except ValidationError:  # a cell no sample can run is the tuner's to report, and repeats nothing
+            key = i
+        groups.setdefault(key, []).append(cell)
+    return list(groups.values())
+
+
+def differing_fields(cell: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """The factor values of `cell` that `other` does not share: what tells a repeated cell from the one it repeats."""
+    return {path: value for path, value in cell.items() if other.get(path) != value}
+
+
+def expand_grid(base: TrialConfig, groups: list[list[dict[str, Any]]], seeds: list[int]) -> list[PlannedTrial]:
+    """Every distinct cell x seed, from `cell_groups`: cells in factor order (the last factor varies fastest),
+    seeds innermost. A cell that computes what an earlier one does is no trial of its own but one of that
+    trial's `repeats`."""
     return [
-        PlannedTrial(base.with_updates({**cell, "seed": seed}), cell)
-        for cell in grid_cells(factors)
+        PlannedTrial(base.with_updates({**first, "seed": seed}), first, tuple(repeats))
+        for first, *repeats in groups
         for seed in seeds
     ]
 

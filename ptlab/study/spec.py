@@ -149,13 +149,18 @@ class StudySpec(Frozen):
         return StudyKind("tuned_grid" if self.factors else "search")
 
     def trials(self) -> list[PlannedTrial]:
-        """The grid's trials (a tuned grid's re-runs at its base config); searches' come from their samplers."""
-        return expand_grid(self.base, self.factors, self.seeds)
+        """The grid's distinct trials (a tuned grid's re-runs at its base config); searches' come from their samplers."""
+        return expand_grid(self.base, self.cell_groups(), self.seeds)
+
+    def cell_groups(self) -> list[list[dict[str, Any]]]:
+        """Every cell of the grid, grouped with the cells that compute the same thing (space.cell_groups)."""
+        from ptlab.study.space import cell_groups
+
+        return cell_groups(self.base, self.factors, self.search.space if self.kind.reruns else None)
 
     def cells(self) -> list[dict[str, Any]]:
-        from ptlab.study.space import grid_cells
-
-        return grid_cells(self.factors)
+        """The distinct cells, each the first of its group: what a tuned grid searches and re-runs once."""
+        return [first for first, *_ in self.cell_groups()]
 
     def n_planned(self) -> int:
         kind = self.kind
@@ -750,3 +755,26 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (), ch
     data, lines = parse_yaml(text, str(path))
     data, origins = apply_overrides(data, list(overrides), lines)
     return validate_study(data, path, lines, origins, check_data)
+
+
+def stored_plan(data: Any) -> StudySpec | None:
+    """The spec of a study folder's study.yaml as far as planning goes, for readers of stored results.
+
+    No check of validate_study runs (a report reads what was run, on a
+    machine that may lack its data or weights); None where the file is no
+    spec this ptlab can plan.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("method"), str):
+        return None
+    issues = _Issues("<stored>", {}, {})
+    data = _resolve_keys(dict(data), ("factors",), issues)
+    if isinstance(data.get("search"), dict):
+        data["search"] = dict(data["search"])
+        data = _resolve_keys(data, ("search", "space"), issues)
+    study = _split_keys(data, issues)
+    if issues.items:
+        return None
+    try:
+        return StudySpec.model_validate(study)
+    except ValidationError:
+        return None

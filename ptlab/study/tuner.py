@@ -557,7 +557,9 @@ def select_configs(spec: StudySpec, study_dir: Path) -> dict[str, Any]:
     Candidates are the cell's search trials that ran to the end (not pruned,
     not failed) with a finite `spec.selection_metric`; only that column is
     read, so with `selection: val` no test metric can sway the choice. Ties
-    go to the trial Tune started first.
+    go to the trial Tune started first. A cell that computes what another
+    does (StudySpec.cell_groups) was not searched: it has that cell's
+    selection, under its own label, naming the cell in `same_as`.
     """
     import polars as pl
 
@@ -570,7 +572,7 @@ def select_configs(spec: StudySpec, study_dir: Path) -> dict[str, Any]:
     base = trial_plan(spec, study_dir, SEARCH_PHASE)
     cells: dict[str, Any] = {}
     problems = []
-    for cell in spec.cells():
+    for cell, *repeats in spec.cell_groups():
         label = cell_label(cell)
         trials = rows.filter(pl.col("cell_id") == base.cell_id(spec.base.with_updates(cell))).sort(KEY)
         ended = trials.filter(~pl.col("status").is_in([STATUS_PRUNED, STATUS_FAILED]))
@@ -593,6 +595,8 @@ def select_configs(spec: StudySpec, study_dir: Path) -> dict[str, Any]:
             "pruned": statuses.count(STATUS_PRUNED),
             "failed": statuses.count(STATUS_FAILED),
         }
+        for repeat in repeats:
+            cells[cell_label(repeat)] = {**cells[label], "cell": repeat, "same_as": label}
     if problems:
         raise RuntimeError(f"study {spec.name}: no configuration to select in {len(problems)} cells: "
                            f"{'; '.join(problems)}. Its search trials are stored in {study_dir}; see their errors "
