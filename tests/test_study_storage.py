@@ -128,3 +128,38 @@ def test_the_storage_is_where_a_study_is_kept_not_what_it_computes(tmp_path):
     assert here.content_hash() == there.content_hash()
     assert "storage" not in here.as_run() and there.as_run()["storage"] == "s3://bucket/studies/s"
     assert validate_study(there.as_run()).storage == "s3://bucket/studies/s"
+
+
+def _study_commands(text: str) -> list[list[str]]:
+    """The `ptlab study run` command lines of a recipe, as words without their shell quotes."""
+    return [[word.strip("'\"") for word in line[line.index("ptlab study run"):].split()]
+            for line in text.replace("\\\n", " ").splitlines() if "ptlab study run" in line]
+
+
+def test_the_cluster_recipes_run_a_shipped_study_with_object_storage():
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+
+    from ptlab.study.spec import load_study
+
+    root = Path(__file__).resolve().parent.parent
+    recipes = root / "docs" / "cluster"
+    job = yaml.safe_load((recipes / "rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob" and job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    cluster = yaml.safe_load((recipes / "ray-up.yaml").read_text())
+    assert cluster["head_node_type"] in cluster["available_node_types"]
+    assert subprocess.run(["bash", "-n", str(recipes / "slurm.sbatch")]).returncode == 0
+    commands = _study_commands(job["spec"]["entrypoint"]) + _study_commands((recipes / "ray-up.yaml").read_text())
+    commands += _study_commands((recipes / "slurm.sbatch").read_text())
+    assert len(commands) == 3
+    for command in commands:
+        study = command[3]
+        if study.startswith("$"):  # the SLURM script's default
+            study = "studies/noise_grid.yaml"
+        assert "--address" in command and "--storage" in command
+        storage = command[command.index("--storage") + 1]
+        if not storage.startswith("$"):
+            assert storage.startswith("s3://") and storage_problem(storage) is None
+        assert load_study(root / study, [f"storage={storage if '://' in storage else 's3://b/p'}"]).storage
