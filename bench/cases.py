@@ -540,6 +540,78 @@ def default_study_wall() -> dict:
     }
 
 
+@contextlib.contextmanager
+def _s3_server():
+    """moto's S3 server on 127.0.0.1 with a bucket `bench`; its endpoint and credentials in this environment."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    from pyarrow import fs
+
+    server = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    if server is None:
+        raise RuntimeError("storage_cost needs moto's S3 server: pip install 'moto[server]' (in the dev extras)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                fs.FileSystem.from_uri("s3://bench?allow_bucket_creation=true")[0].create_dir("bench")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def storage_cost() -> dict:
+    """The fixed-lr default twin (studies/noise_grid_fixed.yaml) with its files in a local folder, then in S3.
+
+    Both on one local cluster, cold caches each (the storage run's node cache is
+    a fresh folder); the S3 server is moto's on 127.0.0.1, so the figure is
+    ptlab's copying, not a network's latency.
+    """
+    from ptlab.study.spec import load_study
+    from ptlab.study.storage import NODE_DIR_ENV
+
+    path = Path(__file__).resolve().parents[1] / "studies" / "noise_grid_fixed.yaml"
+    with tempfile.TemporaryDirectory() as tmp, _s3_server():
+        os.environ[NODE_DIR_ENV] = str(Path(tmp) / "node")  # forwarded to the cluster's workers
+        try:
+            with _ray_cluster() as connection:
+                _, local_wall, records = _run_study(load_study(path), Path(tmp) / "local", connection)
+                spec = load_study(path, ["storage=s3://bench/noise_grid_fixed"])
+                _, s3_wall, _ = _run_study(spec, Path(tmp) / "s3", connection)
+        finally:
+            os.environ.pop(NODE_DIR_ENV, None)
+    ratio = s3_wall / local_wall
+    return {
+        "value": round(ratio, 3), "unit": "x", "target": "<= 1.1x", "met": ratio <= 1.1,
+        "study": "noise_grid_fixed", "trials": len(records), "local_wall_s": round(local_wall, 1),
+        "s3_wall_s": round(s3_wall, 1),
+        "note": f"{len(records)} trials: {local_wall:.0f} s with a local folder, {s3_wall:.0f} s with S3 storage (moto, loopback)",
+    }
+
+
 CASES = {
     "coop_epoch_speedup": coop_epoch_speedup,
     "eot_truncation_speedup": eot_truncation_speedup,
@@ -552,4 +624,5 @@ CASES = {
     "worker_memory": worker_memory,
     "thread_sizing": thread_sizing,
     "default_study_wall": default_study_wall,
+    "storage_cost": storage_cost,
 }
