@@ -32,14 +32,15 @@ from ptlab.config import is_config_column
 from ptlab.methods.base import STATUS_COLLAPSED, STATUS_COMPLETED, STATUS_FAILED, STATUS_NAN, STATUS_PRUNED
 from ptlab.study.layout import STUDY_FILE
 from ptlab.study.reference import reference_store
-from ptlab.study.store import ENSEMBLE_SIZE, PHASE, ResultStore, is_ensemble
+from ptlab.study.schema import CELL_ID, ENSEMBLE_SIZE, ERROR, PHASE, STATUS, TIMINGS, TRIAL_ID, latest_rows
+from ptlab.study.store import ResultStore, is_ensemble
 
 COMPLETED, PRUNED = STATUS_COMPLETED, STATUS_PRUNED
 # Trials that ran but whose numbers must not enter a mean; a cell lists them.
 EXCLUDED = (STATUS_NAN, STATUS_COLLAPSED, STATUS_FAILED)
 NOISE = "noise_rate"
 
-_RECORD_COLUMNS = {"trial_id", "cell_id", "status", "error"}
+_RECORD_COLUMNS = {TRIAL_ID, CELL_ID, STATUS, ERROR}
 # Metrics a researcher looks for first; any other numeric outcome follows them.
 _METRIC_ORDER = (
     "test_acc",
@@ -53,7 +54,6 @@ _METRIC_ORDER = (
     "few_acc",
     "grad_ratio",
 )
-_TIMINGS = ("wall_s", "recipe_s", "epochs_done", "attempts")
 # Outcomes where lower is better; percentages are higher-is-better, and others have no best.
 _LOWER_IS_BETTER = ("train_loss", "key_loss")
 MIN_SEEDS_FOR_CI = 3
@@ -128,14 +128,14 @@ def load_study(folder: str | Path) -> StudyResults:
         raise ValueError(f"{spec_path}: a study spec is a mapping")
     store = ResultStore(folder)  # rebuilds a missing or damaged Parquet file from the trial folders
     rows = store.rows()
-    # A tuned grid re-runs the selected search trial's config: the same trial_id in each phase.
+    # A tuned grid re-runs the selected search trial's config: the same trial_id in each phase, apart by phase.
     search = rows.filter(pl.col(PHASE) == "search") if PHASE in rows.columns else pl.DataFrame()
     if not search.is_empty():
         rows = rows.filter(pl.col(PHASE).fill_null("") != "search")  # ensemble rows have no phase
-        search = spread_method_options(search.unique(subset="trial_id", keep="last", maintain_order=True))
+        search = spread_method_options(latest_rows(search))
     if not rows.is_empty():
-        # A retried trial is appended again; its latest row is the one that counts.
-        rows = spread_method_options(rows.unique(subset="trial_id", keep="last", maintain_order=True))
+        # A row is named by its key (ptlab.study.schema); of one recorded twice, the latest counts.
+        rows = spread_method_options(latest_rows(rows))
     ensemble = is_ensemble(rows)
     references = reference_store(folder).rows()
     curves = store.curves()
@@ -200,7 +200,7 @@ def metric_columns(trials: pl.DataFrame) -> list[str]:
         and trials.get_column(c).null_count() < trials.height
     ]
     first = [m for m in _METRIC_ORDER if m in numeric]
-    last = [m for m in _TIMINGS if m in numeric]
+    last = [m for m in TIMINGS if m in numeric]
     return first + sorted(set(numeric) - set(first) - set(last)) + last
 
 
@@ -209,7 +209,7 @@ def is_bookkeeping(column: str, values: pl.Series) -> bool:
     outcomes such as images encoded or train_size. Percentages are measurements even when whole."""
     if is_percent(column):
         return False
-    if column in _TIMINGS or column.endswith("_s"):
+    if column in TIMINGS or column.endswith("_s"):
         return True
     known = values.drop_nulls().cast(pl.Float64).drop_nans()
     return known.len() > 0 and bool((known == known.round(0)).all())
