@@ -106,7 +106,7 @@ class StudyResults:
     def status_counts(self) -> dict[str, int]:
         if self.trials.is_empty():
             return {}
-        counts = self.trials.group_by("status").len().sort("status")
+        counts = self.trials.group_by(STATUS).len().sort(STATUS)
         return dict(counts.iter_rows())
 
     def optuna_storage(self) -> Path | None:
@@ -267,12 +267,12 @@ def cell_summary(trials: pl.DataFrame, keys: list[str], metrics: list[str]) -> p
     Pruned trials are search bookkeeping, not results, and are left out. The
     interval is left empty below MIN_SEEDS_FOR_CI seeds and for counts and timings.
     """
-    rows = trials.filter(pl.col("status") != PRUNED)
+    rows = trials.filter(pl.col(STATUS) != PRUNED)
     if rows.is_empty():
         return pl.DataFrame()
-    done = pl.col("status") == COMPLETED
-    bad = pl.col("status").is_in(EXCLUDED)
-    reason = pl.format("seed {} {}", pl.col("seed"), pl.col("status"))
+    done = pl.col(STATUS) == COMPLETED
+    bad = pl.col(STATUS).is_in(EXCLUDED)
+    reason = pl.format("seed {} {}", pl.col("seed"), pl.col(STATUS))
     aggs = [
         done.sum().alias("n_seeds"),
         bad.sum().alias("n_excluded"),
@@ -281,7 +281,7 @@ def cell_summary(trials: pl.DataFrame, keys: list[str], metrics: list[str]) -> p
     for m in metrics:
         value = pl.col(m).filter(done)
         aggs += [value.mean().alias(f"{m}_mean"), value.std(ddof=1).alias(f"{m}_std"), value.count().alias(f"_{m}_n")]
-    cells = rows.group_by("cell_id", maintain_order=True).agg(*[pl.col(k).first() for k in keys], *aggs)
+    cells = rows.group_by(CELL_ID, maintain_order=True).agg(*[pl.col(k).first() for k in keys], *aggs)
     for m in metrics:
         counts = [n for n in cells.get_column(f"_{m}_n").unique().to_list() if n >= MIN_SEEDS_FOR_CI]
         if is_bookkeeping(m, rows.get_column(m)):
@@ -290,7 +290,7 @@ def cell_summary(trials: pl.DataFrame, keys: list[str], metrics: list[str]) -> p
             {n: t_critical(n - 1) for n in counts}, default=None, return_dtype=pl.Float64
         )
         cells = cells.with_columns((t * pl.col(f"{m}_std") / pl.col(f"_{m}_n").sqrt()).alias(f"{m}_ci95"))
-    ordered = ["cell_id", *keys, "n_seeds", "n_excluded", "excluded"]
+    ordered = [CELL_ID, *keys, "n_seeds", "n_excluded", "excluded"]
     ordered += [f"{m}_{stat}" for m in metrics for stat in ("mean", "std", "ci95")]
     cells = cells.select(ordered)
     return cells.sort(keys) if keys else cells
@@ -334,8 +334,8 @@ def excluded_trials(trials: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     """Flagged and failed trials, with their cell and error, for the researcher to inspect."""
     if trials.is_empty():
         return pl.DataFrame()
-    columns = ["trial_id", *keys, "seed", "status", "error"]
-    rows = trials.filter(pl.col("status").is_in(EXCLUDED))
+    columns = [TRIAL_ID, *keys, "seed", STATUS, ERROR]
+    rows = trials.filter(pl.col(STATUS).is_in(EXCLUDED))
     return rows.select([c for c in columns if c in rows.columns])
 
 
@@ -392,7 +392,7 @@ def best_rows(cells: pl.DataFrame, metrics: list[str]) -> dict[str, set[int]]:
 
 def reference_table(study: StudyResults, keys: list[str], metrics: list[str]) -> pl.DataFrame:
     """The zero-shot reference as rows of a paper table: labelled in the first key's column, n = 1."""
-    refs = study.references.filter(pl.col("status") == COMPLETED) if not study.references.is_empty() else study.references
+    refs = study.references.filter(pl.col(STATUS) == COMPLETED) if not study.references.is_empty() else study.references
     if refs.is_empty():
         return pl.DataFrame()
     varied = [c for c in keys if c in refs.columns and refs[c].n_unique() > 1]

@@ -37,7 +37,7 @@ from ptlab.report.dashboard import Dashboard, choose_dashboard, load_dashboard
 from ptlab.report.figures import Rendered, render
 from ptlab.report.tuned import tuned_section
 from ptlab.study.layout import STUDY_FILE
-from ptlab.study.schema import ENSEMBLE_SIZE, PROVENANCE_COLUMNS, STATUS, WALL_S
+from ptlab.study.schema import ENSEMBLE_SIZE, ERROR, PROVENANCE_COLUMNS, STATUS, WALL_S
 
 # the provenance a report shows, in this order: python's is in results.parquet
 PROVENANCE = tuple(PROVENANCE_COLUMNS[source] for source in ("ptlab", "git_commit", "torch", "open_clip", "ray"))
@@ -300,7 +300,7 @@ def _page(
         ]
     sections.append(_details(study, primary, ordered))
     if not excluded.is_empty():
-        sections += [f"<h2>Excluded trials ({excluded.height})</h2>", _table(excluded, wrap=("error",))]
+        sections += [f"<h2>Excluded trials ({excluded.height})</h2>", _table(excluded, wrap=(ERROR,))]
     sections += ['<h2 id="overview">Overview</h2>', _overview(study, board_path)]
     sections.append(_not_applicable(board, study, figures))
     anchors = [("summary", "Summary"), ("figures", "Figures"), ("details", "Details"), ("overview", "Overview"),
