@@ -229,14 +229,16 @@ class TrialConfig(Frozen):
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted columns (`train.lr`); open mappings and lists become JSON strings so every column is a scalar."""
+    """Dotted columns (`train.lr`); open mappings (method_options) become JSON text, lists (crop_scale) stay lists."""
     out: dict[str, Any] = {}
     for name, value in config.items():
         column = f"{prefix}{name}"
         if isinstance(value, dict) and name != "method_options":
             out.update(flatten_config(value, f"{column}."))
-        elif isinstance(value, dict | list | tuple):
+        elif isinstance(value, dict):
             out[column] = json.dumps(value, sort_keys=True)
+        elif isinstance(value, tuple):
+            out[column] = list(value)
         else:
             out[column] = value
     return out
