@@ -7,6 +7,7 @@ matter to the image encoder) its feature cache.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -18,11 +19,83 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ptlab.yamlfile import read_mapping
 
 NoiseType = Literal["none", "symmetric", "pair", "confusion", "ptnl", "ptnl_distinct"]
-LossName = Literal["ce", "gce", "mae", "sce", "nce_rce"]
 
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- losses: each a named choice with its own typed parameters, registered once ---------
+
+
+class LossChoice(Frozen):
+    """A training loss and its parameters; ptlab.losses.LOSSES holds the function of each name.
+
+    A study writes one as `loss: gce` with `gce_q: 0.5`, or as `loss: {name: gce, q: 0.5}`.
+    Trials keep each parameter in its own flat field (`<prefix>_<parameter>`, LOSS_FIELD_PREFIX):
+    the columns results are queried by and the factor paths studies sweep.
+    """
+
+    def params(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"name"})
+
+
+class CrossEntropy(LossChoice):
+    name: Literal["ce"] = "ce"
+
+
+class GeneralizedCrossEntropy(LossChoice):
+    name: Literal["gce"] = "gce"
+    q: float = Field(0.7, gt=0, le=1)  # q -> 0 is CE, q = 1 is MAE
+
+
+class MeanAbsoluteError(LossChoice):
+    name: Literal["mae"] = "mae"
+
+
+class SymmetricCrossEntropy(LossChoice):
+    name: Literal["sce"] = "sce"
+    alpha: float = Field(0.1, ge=0)
+    beta: float = Field(1.0, ge=0)
+
+
+class ActivePassiveLoss(LossChoice):
+    name: Literal["nce_rce"] = "nce_rce"
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+
+
+LOSS_CHOICES: dict[str, type[LossChoice]] = {
+    choice.model_fields["name"].default: choice
+    for choice in (CrossEntropy, GeneralizedCrossEntropy, MeanAbsoluteError, SymmetricCrossEntropy, ActivePassiveLoss)
+}
+LOSS_FIELD_PREFIX = {"gce": "gce", "sce": "sce", "nce_rce": "nce"}
+LossName = Literal[tuple(LOSS_CHOICES)]
+
+
+def loss_fields(name: str) -> dict[str, str]:
+    """Loss `name`'s parameters -> the TrialConfig field holding each."""
+    return {param: f"{LOSS_FIELD_PREFIX[name]}_{param}" for param in LOSS_CHOICES[name].model_fields if param != "name"}
+
+
+def flat_loss(written: dict[str, Any]) -> dict[str, Any]:
+    """A loss written as a choice with its parameters, as TrialConfig's flat fields: {"loss": name, "<prefix>_<param>": value}."""
+    name = written.get("name")
+    if name not in LOSS_CHOICES:
+        raise ValueError(f"loss.name: {name!r} is not a loss; choose one of {', '.join(LOSS_CHOICES)}")
+    try:
+        choice = LOSS_CHOICES[name].model_validate(written)
+    except ValidationError as err:
+        takes = ", ".join(loss_fields(name)) or "no parameters"
+        problems = "; ".join(f"loss.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"{problems} (loss {name} takes {takes})") from None
+    fields = loss_fields(name)
+    return {"loss": name, **{fields[param]: value for param, value in choice.params().items() if param in written}}
+
+
+def _loss_param(name: str, param: str):
+    """A TrialConfig field declared by the loss's own parameter: one default and one set of bounds."""
+    return copy.deepcopy(LOSS_CHOICES[name].model_fields[param])
 
 
 class TrainConfig(Frozen):
@@ -108,11 +181,11 @@ class TrialConfig(Frozen):
     noise_rate: float = Field(0.0, ge=0, lt=1)
     # loss
     loss: LossName = "ce"
-    gce_q: float = Field(0.7, gt=0, le=1)
-    sce_alpha: float = Field(0.1, ge=0)
-    sce_beta: float = Field(1.0, ge=0)
-    nce_alpha: float = Field(1.0, ge=0)
-    nce_beta: float = Field(1.0, ge=0)
+    gce_q: float = _loss_param("gce", "q")
+    sce_alpha: float = _loss_param("sce", "alpha")
+    sce_beta: float = _loss_param("sce", "beta")
+    nce_alpha: float = _loss_param("nce_rce", "alpha")
+    nce_beta: float = _loss_param("nce_rce", "beta")
     # prompt learner
     n_ctx: int = Field(16, ge=0)
     ctx_init: str = ""  # phrase such as "a photo of a"; sets n_ctx to its word count
@@ -127,6 +200,34 @@ class TrialConfig(Frozen):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     device: str = "auto"
     method_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_as_a_choice(cls, data: Any) -> Any:
+        """`loss: {name: gce, q: 0.5}` is `loss: gce` with `gce_q: 0.5`; an invalid one is left to `_loss_is_a_choice`."""
+        if not isinstance(data, dict) or not isinstance(data.get("loss"), dict):
+            return data
+        try:
+            flat = flat_loss(data["loss"])
+        except ValueError:
+            return data
+        both = [f"loss.{param} and {field}" for param, field in loss_fields(flat["loss"]).items()
+                if field in flat and field in data and data[field] != flat[field]]
+        if both:
+            raise ValueError(f"{', '.join(both)} are one parameter written twice with different values; keep one")
+        return {**data, **flat}
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_is_a_choice(cls, loss: Any) -> Any:
+        if isinstance(loss, dict):
+            flat_loss(loss)  # raises what is wrong with it; a valid one was made flat before
+        return loss
+
+    @property
+    def loss_choice(self) -> LossChoice:
+        """The trial's loss with its parameters, typed."""
+        return LOSS_CHOICES[self.loss](**{param: getattr(self, field) for param, field in loss_fields(self.loss).items()})
 
     @model_validator(mode="after")
     def _noise_needs_type(self) -> TrialConfig:
@@ -213,6 +314,8 @@ class TrialConfig(Frozen):
         """A copy with dotted-path updates applied, e.g. {"train.lr": 0.01, "gce_q": 0.5}."""
         # as written, not canonical: a field this method ignores may matter to the method an update names
         data = self.model_dump(mode="json")
+        if isinstance(updates.get("loss"), dict):  # a loss choice updates the flat fields it stands for
+            updates = {**updates, **flat_loss(updates["loss"])}
         if updates.get("method", self.method) != self.method:
             # the options of the method being left are not the new one's to judge
             from ptlab.methods.registry import METHODS
@@ -229,14 +332,16 @@ class TrialConfig(Frozen):
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted columns (`train.lr`); open mappings and lists become JSON strings so every column is a scalar."""
+    """Dotted columns (`train.lr`); open mappings (method_options) become JSON text, lists (crop_scale) stay lists."""
     out: dict[str, Any] = {}
     for name, value in config.items():
         column = f"{prefix}{name}"
         if isinstance(value, dict) and name != "method_options":
             out.update(flatten_config(value, f"{column}."))
-        elif isinstance(value, dict | list | tuple):
+        elif isinstance(value, dict):
             out[column] = json.dumps(value, sort_keys=True)
+        elif isinstance(value, tuple):
+            out[column] = list(value)
         else:
             out[column] = value
     return out

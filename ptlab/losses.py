@@ -10,7 +10,6 @@ logits neither overflow the softmax nor lose the small probabilities.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Callable
 
@@ -122,25 +121,26 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def make_loss(name: str, reduction: str = "mean", **params: float) -> Loss:
-    """The loss `name` (a key of LOSSES) with its parameters bound: loss(logits, targets).
+    """The loss `name` (ptlab.config.LOSS_CHOICES) with its parameters bound: loss(logits, targets).
 
-    Parameters: gce q; sce alpha, beta; nce_rce alpha, beta. An unknown name
-    or parameter is a ValueError rather than silently ignored.
+    The parameters are judged by the loss's own typed model (names, bounds),
+    so a bad name or value fails here, when the trial starts, not at its
+    first batch.
     """
+    from pydantic import ValidationError
+
+    from ptlab.config import LOSS_CHOICES
+
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
-    fn = LOSSES[name]
-    accepted = set(inspect.signature(fn).parameters) - {"logits", "targets", "reduction"}
-    unknown = set(params) - accepted
-    if unknown:
-        raise ValueError(
-            f"loss {name!r} takes {', '.join(sorted(accepted)) or 'no parameters'}; got {', '.join(sorted(unknown))}"
-        )
-    # bad values fail here, when the trial starts, not at its first batch
+    try:
+        choice = LOSS_CHOICES[name].model_validate({"name": name, **params})
+    except ValidationError as err:
+        accepted = [p for p in LOSS_CHOICES[name].model_fields if p != "name"]
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"loss {name!r} takes {', '.join(accepted) or 'no parameters'}; {problems}") from None
     _check_reduction(reduction)
-    if "q" in params:
-        _check_q(params["q"])
-    return functools.partial(fn, reduction=reduction, **params)
+    return functools.partial(LOSSES[name], reduction=reduction, **choice.params())
 
 
 # --- unsupervised objectives (no targets) ----------------------------------

@@ -1,4 +1,6 @@
-"""Study folders built from hand-made tables, laid out as the study runner writes them.
+"""Study folders built from hand-made tables, laid out as the study runner wrote them before results had a typed
+schema (ptlab.study.schema): no study column or label, lists as JSON text, curves without a key or factor values.
+So every report test also reads a folder of an earlier version.
 
 Metric values follow simple formulas of the factors and the seed, so tests can
 state the numbers a report must show.
@@ -28,7 +30,7 @@ SEED_OFFSET = {1: -1.0, 2: 0.0, 3: 1.0}
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """As ptlab.study.store writes configs: dotted columns; method_options and lists as JSON text."""
+    """As ptlab.study.store wrote configs before the typed schema: dotted columns; method_options and lists as JSON text."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict) and key != "method_options":

@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -145,8 +146,8 @@ def test_make_loss_binds_parameters():
         ("focal", {}, "unknown loss 'focal'"),
         ("ce", {"q": 0.5}, "takes no parameters"),
         ("gce", {"alpha": 0.5}, "takes q"),
-        ("gce", {"q": 0.0}, r"\(0, 1\]"),
-        ("gce", {"q": 1.5}, r"\(0, 1\]"),
+        ("gce", {"q": 0.0}, "q: Input should be greater than 0"),
+        ("gce", {"q": 1.5}, "q: Input should be less than or equal to 1"),
         ("ce", {"reduction": "sum"}, "reduction"),
     ],
 )
@@ -160,3 +161,32 @@ def test_shapes_are_checked():
         cross_entropy(torch.zeros(3), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"targets \(N,\)"):
         cross_entropy(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
+
+
+def test_every_loss_choice_has_its_function_taking_exactly_its_parameters():
+    import inspect
+
+    from ptlab.config import LOSS_CHOICES
+    from ptlab.losses import LOSSES
+
+    assert set(LOSSES) == set(LOSS_CHOICES)
+    for name, choice in LOSS_CHOICES.items():
+        taken = set(inspect.signature(LOSSES[name]).parameters) - {"logits", "targets", "reduction"}
+        assert taken == set(choice.model_fields) - {"name"}, name
+        # the function's defaults are the choice's: a loss built without parameters is the default choice
+        for param in taken:
+            assert inspect.signature(LOSSES[name]).parameters[param].default == choice.model_fields[param].default
+
+
+def test_a_loss_is_written_as_a_choice_with_its_parameters_or_flat():
+    from ptlab.config import TrialConfig
+
+    nested = TrialConfig(loss={"name": "gce", "q": 0.5})
+    assert nested == TrialConfig(loss="gce", gce_q=0.5) and nested.trial_id == TrialConfig(loss="gce", gce_q=0.5).trial_id
+    assert nested.loss_choice.params() == {"q": 0.5}
+    assert TrialConfig(loss={"name": "sce"}).loss_choice.params() == {"alpha": 0.1, "beta": 1.0}
+    for written, message in [({"name": "gce", "alpha": 1}, "loss.alpha: Extra inputs are not permitted (loss gce takes q)"),
+                             ({"name": "gce", "q": 2}, "loss.q: Input should be less than or equal to 1"),
+                             ({"q": 0.5}, "loss.name: None is not a loss; choose one of ce, gce")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            TrialConfig(loss=written)

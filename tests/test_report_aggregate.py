@@ -281,7 +281,8 @@ def fixed_noise_grid(folder, clean: str = "once"):
                 row = trial_row({"noise_type": noise_type, "noise_rate": rate, "seed": seed},
                                 {"test_acc": acc, "pseudo_label_acc": 0.0, "zeroshot_acc": 50.0})
                 if rate == 0 and (clean == "apart" or clean == "resumed" and noise_type == "symmetric"):
-                    row |= {"trial_id": f"{noise_type}{seed}", "cell_id": f"{noise_type}-clean"}
+                    row |= {"trial_id": f"{noise_type}{seed}", "cell_id": f"{noise_type}-clean",
+                            "tune_trial_id": f"tune-{noise_type}{seed}"}
                 elif rate == 0 and noise_type == "confusion" and clean == "once":
                     continue
                 cell.append(row)

@@ -198,3 +198,46 @@ def test_bars_draw_seeds_where_too_few_for_an_interval_and_the_zero_shot_line(tm
     [line] = item.figure.layout.shapes
     assert (line.y0, line.line.dash) == (55.0, "dash")
     assert item.figure.layout.annotations[0].text == "zero-shot CLIP, test_acc 55.0%"
+
+
+def _record(folder, spec: dict, trials: list[tuple[str, dict, float]]):
+    """A study folder recorded through the store (curves keyed and carrying factor values): (key, config, val_acc)."""
+    from ptlab.config import TrialConfig
+    from ptlab.study.spec import validate_study
+    from ptlab.study.store import ResultStore, TrialOutcome
+
+    folder.mkdir()
+    (folder / "study.yaml").write_text(validate_study(spec).to_yaml())
+    store = ResultStore(folder)
+    for key, config, acc in trials:
+        cfg = TrialConfig().with_updates(config)
+        curve = [{"epoch": e, "val_acc": acc * e / 4} for e in range(1, 5)]
+        store.add(TrialOutcome(key=key, trial_id=cfg.trial_id, cell_id=cfg.with_updates({"seed": 0}).trial_id,
+                               status="completed", config=cfg.model_dump(mode="json"),
+                               metrics={"val_acc": acc, "test_acc": acc}, curve=curve))
+    return load_study(folder)
+
+
+def test_learning_curves_of_a_recorded_grid_use_the_rows_factor_values(tmp_path):
+    spec = {"name": "g", "method": "coop", "noise_type": "symmetric", "factors": {"loss": ["ce", "gce"]},
+            "seeds": [1, 2, 3]}
+    study = _record(tmp_path / "g", spec, [(f"k{loss}{seed}", {"loss": loss, "noise_type": "symmetric", "seed": seed},
+                                            (60.0 if loss == "ce" else 70.0) + seed)
+                                           for loss in ("ce", "gce") for seed in (1, 2, 3)])
+    assert "loss" in study.curves.columns  # the store wrote the factor into every curve row
+    item = draw(dash.LearningCurves(kind="learning_curves", y="val_acc", color="loss"), study)
+    means = {t.name: t for t in item.figure.data if t.mode == "lines" and t.name in ("loss=ce", "loss=gce")}
+    assert list(means["loss=gce"].x) == [1, 2, 3, 4] and means["loss=gce"].y[-1] == pytest.approx(72.0)
+    assert list(means["loss=ce"].customdata) == [3] * 4  # three seeds per epoch, no curve joined twice
+
+
+def test_two_rows_of_one_config_are_two_trials_each_with_its_own_curve(tmp_path):
+    """A search that drew one sample twice: one trial_id, two keys, two rows (ptlab.study.schema's identity)."""
+    spec = {"name": "s", "method": "coop", "search": {"space": {"train.lr": {"log_uniform": [1e-4, 1e-1]}}, "samples": 3}}
+    study = _record(tmp_path / "s", spec, [("a", {"train.lr": 0.01}, 60.0), ("b", {"train.lr": 0.01}, 62.0),
+                                           ("c", {"train.lr": 0.001}, 50.0)])
+    assert study.trials.height == 3 and study.trials["trial_id"].n_unique() == 2
+    item = draw(dash.LearningCurves(kind="learning_curves", y="val_acc"), study)
+    lines = [t for t in item.figure.data if t.mode == "lines" and t.name != "zero-shot CLIP"]
+    assert len(lines) == 3 and all(list(t.x) == [1, 2, 3, 4] for t in lines)
+    assert sorted(t.y[-1] for t in lines) == [50.0, 60.0, 62.0]

@@ -4,14 +4,17 @@ and clean in a real browser."""
 import os
 from pathlib import Path
 
+import polars as pl
 import pytest
 import report_fixtures as fx
 from plotly.offline import get_plotlyjs
 from typer.testing import CliRunner
 
 from ptlab.report import cli
+from ptlab.report.aggregate import load_study
 from ptlab.report.dashboard import SHIPPED, load_dashboard
 from ptlab.report.html import build_report
+from ptlab.study.schema import read_label
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -51,6 +54,18 @@ def test_report_shows_summary_exclusions_spec_and_tables(grid_report):
     assert {p.name for p in grid_report.parent.iterdir()} == {
         "index.html", "cells.csv", "robustness.csv", "summary.md", "summary.tex"
     }
+
+
+def test_a_folder_written_before_the_typed_schema_reports_in_todays_types(grid_report):
+    folder = grid_report.parent.parent
+    raw = pl.read_parquet(folder / "results.parquet")
+    # the fixture is a folder of an earlier version: no label, no study column, lists as text, curves without keys
+    assert read_label(folder / "results.parquet") is None and "study" not in raw.columns
+    assert raw.schema["train.crop_scale"] == pl.String
+    assert "tune_trial_id" not in pl.read_parquet(folder / "curves.parquet").columns
+    study = load_study(folder)
+    assert study.trials.height == 60 and study.trials.schema["train.crop_scale"] == pl.List(pl.Float64)
+    assert not study.curves.is_empty() and 'id="not-applicable"' not in grid_report.read_text()
 
 
 def test_summary_holds_factors_primary_metrics_and_n_and_details_the_rest(grid_report):

@@ -226,8 +226,8 @@ def test_upl_grid_stores_its_seed_ensemble_once(cluster, tmp_path):
     trials = df.filter(pl.col("ensemble_size").is_null()).sort("seed")
     assert trials.height == 2 and set(trials["status"]) == {"completed"}
     (row,) = df.filter(pl.col("ensemble_size").is_not_null()).to_dicts()
-    assert row["method"] == "upl_ensemble" and row["ensemble_size"] == 2 and row["ensemble_seeds"] == "1,2"
-    assert row["ensemble_members"] == ",".join(trials["trial_id"]) and row["seed"] is None
+    assert row["method"] == "upl_ensemble" and row["ensemble_size"] == 2 and row["ensemble_seeds"] == [1, 2]
+    assert row["ensemble_members"] == trials["trial_id"].to_list() and row["seed"] is None
     assert row["loss"] == "ce" and row["method_options"] == trials["method_options"][0]
 
     members = []

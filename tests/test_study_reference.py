@@ -61,12 +61,17 @@ class InlineRay:
 
 
 def test_reference_is_run_once_stored_as_a_marked_row_and_kept_apart(tmp_path, monkeypatch):
+    from ptlab.study.schema import read_label
+
     study = spec(factors={"noise_rate": [0.0]})
+    (tmp_path / "study.yaml").write_text(study.to_yaml())
     plan = trial_plan(study, tmp_path)
     fake = InlineRay(monkeypatch)
     assert record_references(study, plan) == 1
     [row] = reference_store(tmp_path).results().to_dicts()
     assert row["method"] == "zeroshot" and row["status"] == "completed"
+    # labelled with the study it is the reference of
+    assert row["study"] == study.name and read_label(tmp_path / "reference" / "results.parquet").factors == ("noise_rate",)
     assert 0 < row["test_acc"] <= 100 and row["tune_trial_id"] == reference_key(reference_configs(study)[0])
     assert (tmp_path / "reference" / "trials" / row["tune_trial_id"] / "record.json").is_file()
     # The study's own store holds no trace of it: not a trial, not counted.

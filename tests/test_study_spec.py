@@ -416,3 +416,15 @@ def test_a_method_that_reads_no_noise_is_one_cell_at_every_noise_rate():
     # grid order: (0, coop), (0, ctx0), (0.25, coop), (0.25, ctx0); ctx0 at 0.25 repeats ctx0 at 0
     assert [len(group) for group in spec.cell_groups()] == [1, 2, 1]
     assert spec.n_planned() == 3 * 2
+
+
+def test_a_loss_written_as_a_choice_is_the_study_written_flat(tmp_path):
+    flat = {"name": "l", "method": "coop", "dataset": "world:shapes", "backbone": "world:tiny-rn",
+            "noise_type": "symmetric", "factors": {"noise_rate": [0.25, 0.5]}}
+    choice = validate_study({**flat, "loss": {"name": "gce", "q": 0.5}})
+    assert choice.content_hash() == validate_study({**flat, "loss": "gce", "gce_q": 0.5}).content_hash()
+    assert [t.config.trial_id for t in choice.trials()] == [
+        t.config.trial_id for t in validate_study({**flat, "loss": "gce", "gce_q": 0.5}).trials()]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**flat, "loss": {"name": "gce", "q": 1.5}}, sort_keys=False))
+    with pytest.raises(StudyError, match=r"s.yaml:\d+: field loss: loss.q: Input should be less than or equal to 1"):
+        load_study(tmp_path / "s.yaml")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 
 import polars as pl
 
@@ -37,11 +38,11 @@ def test_row_flattens_config_and_keeps_every_contract_column(tmp_path):
         assert column in row
     assert row["train.lr"] == 0.002 and row["data.domain"] == "photo" and row["noise_rate"] == 0.25
     assert json.loads(row["method_options"]) == {"grad_ratio_samples": 32}
-    assert json.loads(row["train.crop_scale"]) == [0.08, 1.0]
+    assert row["train.crop_scale"] == [0.08, 1.0]
     assert TrialConfig.model_validate(json.loads(row["config_json"])).trial_id == row["trial_id"]
     # a metric named like a config column does not overwrite the config
     assert row["loss"] == "ce" and row["metric.loss"] == 0.5
-    assert row["epochs_done"] == 3 and row["finished_at"].startswith("2023-")
+    assert row["epochs_done"] == 3 and row["finished_at"] == datetime.fromtimestamp(1.7e9, timezone.utc)
 
 
 def test_cell_id_ignores_the_seed_only():
@@ -185,3 +186,107 @@ def test_the_report_reads_through_a_missing_results_file(tmp_path):
     store.add(outcome("t2", seed=2))
     store.results_path.unlink()
     assert sorted(load_study(tmp_path).trials["tune_trial_id"].to_list()) == ["t1", "t2"]
+
+
+def labelled_folder(tmp_path, factors=None):
+    """A study folder whose study.yaml the store reads its label from."""
+    from ptlab.study.spec import validate_study
+
+    factors = factors or {"noise_rate": [0.25], "method_options.grad_ratio_samples": [32]}
+    spec = validate_study({"name": "tiny", "method": "coop", "noise_type": "symmetric", "factors": factors,
+                           "seeds": [1, 2, 3]})
+    (tmp_path / "study.yaml").write_text(spec.to_yaml())
+    return tmp_path
+
+
+def test_results_and_curves_hold_real_types_the_study_and_its_factors(tmp_path):
+    import pyarrow.parquet as pq
+
+    from ptlab.study.schema import StudyLabel, read_label
+
+    store = ResultStore(labelled_folder(tmp_path))
+    store.add(outcome("t1"))
+    late = outcome("t2", seed=2)
+    late.timings = {**late.timings, "attempts": 2.0, "wall_s": 7}  # a float count and an int time: no type drift
+    store.add(late)
+    bare = outcome("t3", seed=3)
+    bare.status, bare.metrics, bare.curve, bare.timings, bare.provenance = "failed", {}, [], {}, {}
+    store.add(bare)  # nothing but its config: timings and metrics null, still typed
+    store.set_ensembles([{"trial_id": "ens-1", "cell_id": "c-ens2", "method": "coop_ensemble", "status": "completed",
+                          "ensemble_size": 2, "ensemble_seeds": [1, 2], "ensemble_members": ["a", "b"], "test_acc": 80.0}])
+    results, curves = pl.read_parquet(store.results_path), pl.read_parquet(store.curves_path)
+    schema = results.schema
+    for count in ("epochs_done", "attempts", "seed", "shots", "n_ctx", "train.epochs", "train.batch_size",
+                  "train.views", "data.val_shots", "ensemble_size"):
+        assert schema[count] == pl.Int64, count
+    assert schema["finished_at"] == pl.Datetime("us", "UTC") and schema["wall_s"] == pl.Float64
+    assert schema["train.crop_scale"] == pl.List(pl.Float64) and schema["ensemble_seeds"] == pl.List(pl.Int64)
+    assert schema["ensemble_members"] == pl.List(pl.String)
+    assert schema["data.root"] == pl.String and schema["template"] == pl.String  # null in every row, typed
+    assert pl.Null not in schema.values() and pl.Null not in curves.schema.values()
+    assert results.sort("tune_trial_id")["attempts"].to_list() == [None, 1, 2, None]  # ens-1, t1, t2, t3
+    assert results["study"].to_list() == ["tiny"] * 4
+
+    label = StudyLabel("tiny", "grid", ("noise_rate", "method_options.grad_ratio_samples"))
+    assert read_label(store.results_path) == label == read_label(store.curves_path)
+    # what pyarrow, pandas and DuckDB users see
+    meta = pq.read_metadata(store.results_path).metadata
+    assert json.loads(meta[b"ptlab.factors"]) == ["noise_rate", "method_options.grad_ratio_samples"]
+    assert meta[b"ptlab.study"] == b"tiny" and meta[b"ptlab.kind"] == b"grid"
+
+    # each curve row carries its study and its trial's factor values: no join needed to plot by factor
+    assert curves.columns[:5] == ["study", "trial_id", "tune_trial_id", "noise_rate", "method_options.grad_ratio_samples"]
+    assert curves.schema["noise_rate"] == pl.Float64 and curves.schema["epoch"] == pl.Int64
+    assert curves.group_by("tune_trial_id").agg(pl.col("noise_rate").unique(), pl.col("study").unique()).sort(
+        "tune_trial_id").rows() == [("t1", [0.25], ["tiny"]), ("t2", [0.25], ["tiny"])]
+    assert set(curves["method_options.grad_ratio_samples"]) == {32}
+
+    # a rebuilt file is the same file
+    store.results_path.unlink()
+    store.curves_path.unlink()
+    assert ResultStore(tmp_path).rows().sort("tune_trial_id").equals(results.sort("tune_trial_id"))
+    assert read_label(store.results_path) == label
+    assert pl.read_parquet(store.curves_path).sort("tune_trial_id", "epoch").equals(curves.sort("tune_trial_id", "epoch"))
+
+
+def test_files_of_an_earlier_version_read_in_todays_types_and_take_new_rows(tmp_path):
+    """results.parquet as ptlab wrote it before the typed schema: ISO text times, lists as text, counts as floats,
+    all-null columns, no study column or label; curves without factor values."""
+    from ptlab.study.schema import read_label, results_dtypes
+
+    old = outcome("t1").row()
+    old.update({"finished_at": "2023-11-14T22:13:20+00:00", "train.crop_scale": "[0.08, 1.0]", "attempts": 1.0})
+    ensemble = {"trial_id": "ens-1", "tune_trial_id": "ens-1", "cell_id": "c-ens2", "method": "coop_ensemble",
+                "status": "completed", "ensemble_size": 2, "ensemble_seeds": "1,2", "ensemble_members": "a,b",
+                "test_acc": 80.0}
+    pl.DataFrame([old, ensemble], infer_schema_length=None).write_parquet(tmp_path / "results.parquet")
+    pl.DataFrame([{"trial_id": old["trial_id"], "tune_trial_id": "t1", "epoch": e, "val_acc": 1.0 * e} for e in (1, 2)]
+                 ).write_parquet(tmp_path / "curves.parquet")
+    assert pl.read_parquet(tmp_path / "results.parquet").schema["data.root"] == pl.Null
+    assert read_label(tmp_path / "results.parquet") is None
+
+    store = ResultStore(labelled_folder(tmp_path))
+    rows = store.rows()
+    declared = results_dtypes()
+    assert all(rows.schema[c] == declared[c] for c in rows.columns if c in declared)
+    ens = rows.filter(pl.col("ensemble_size").is_not_null()).row(0, named=True)
+    assert ens["ensemble_seeds"] == [1, 2] and ens["ensemble_members"] == ["a", "b"]
+    trial = rows.filter(pl.col("tune_trial_id") == "t1").row(0, named=True)
+    assert trial["finished_at"] == datetime.fromtimestamp(1.7e9, timezone.utc) and trial["train.crop_scale"] == [0.08, 1.0]
+
+    store.add(outcome("t2", seed=2))  # a resumed old study: old and new rows in one file
+    results, curves = store.rows(), store.curves()
+    assert sorted(results["tune_trial_id"].to_list()) == ["ens-1", "t1", "t2"] and set(results["study"]) == {"tiny"}
+    assert pl.Null not in results.schema.values() and results.schema["attempts"] == pl.Int64
+    assert read_label(store.results_path).name == "tiny"
+    # the old trial's curve has no factor values (none were recorded), the new one's has
+    by_key = dict(curves.group_by("tune_trial_id").agg(pl.col("noise_rate").first()).iter_rows())
+    assert by_key == {"t1": None, "t2": 0.25}
+
+
+def test_config_types_cover_every_config_column():
+    from ptlab.config import config_columns
+    from ptlab.study.schema import config_dtypes
+
+    assert set(config_dtypes()) == config_columns()
+    assert config_dtypes()["noise_type"] == pl.String and config_dtypes()["csc"] == pl.Boolean

@@ -86,7 +86,7 @@ def test_upl_trials_store_logits_and_ensemble_over_seeds(feature_cache, random_t
     labels = load_test_logits(tmp_path / records[0].trial_id)[1]
     assert out[1]["test_acc"] == pytest.approx(100 * accuracy(np.mean(members, axis=0), labels))
     assert out[0]["test_acc"] == pytest.approx(100 * accuracy(np.mean(members[:2], axis=0), labels))
-    assert out[1]["method"] == "robust_upl_ensemble" and out[1]["ensemble_seeds"] == "1,2,3"
+    assert out[1]["method"] == "robust_upl_ensemble" and out[1]["ensemble_seeds"] == [1, 2, 3]
     assert out[1]["loss"] == "gce" and "seed" not in out[1]
     assert out[1]["member_test_acc"] == pytest.approx(np.mean([r.metrics["test_acc"] for r in records]))
 

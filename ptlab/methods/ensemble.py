@@ -18,8 +18,19 @@ import torch
 
 from ptlab.config import is_config_column
 from ptlab.files import atomic_save
+from ptlab.methods.base import STATUS_COMPLETED, STATUS_FAILED
 from ptlab.methods.registry import METHODS
 from ptlab.metrics import accuracy, mean_per_class_accuracy
+from ptlab.study.schema import (
+    CELL_ID,
+    ENSEMBLE_MEMBERS,
+    ENSEMBLE_SEEDS,
+    ENSEMBLE_SIZE,
+    ERROR,
+    MEMBER_TEST_ACC,
+    STATUS,
+    TRIAL_ID,
+)
 
 LOGITS_FILE = "test_logits.npz"
 # Methods whose trials save test logits, so that they can be ensembled.
@@ -81,23 +92,24 @@ def ensemble_rows(
 
     A row keeps the members' config columns but the seed (flattened as
     results tables hold them: "train.lr", "method_options"), names the
-    method `<method>_ensemble`, and holds ensemble_size, ensemble_seeds,
-    ensemble_members, test_acc and test_macro_acc of the averaged logits,
-    member_test_acc (the members' mean) and the members' mean of each
-    CARRIED metric under its own name.
+    method `<method>_ensemble`, and holds ensemble_size, ensemble_seeds and
+    ensemble_members (lists of the members' seeds and trial_ids), test_acc
+    and test_macro_acc of the averaged logits, member_test_acc (the members'
+    mean) and the members' mean of each CARRIED metric under its own name
+    (columns of ptlab.study.schema).
     """
     folder_of = artifacts if callable(artifacts) else (lambda trial_id: Path(artifacts) / trial_id)
     cells: dict[str, list[dict[str, Any]]] = {}
     for row in _rows(results):
         if row.get("method") in methods:
-            cells.setdefault(row["cell_id"], []).append(row)
+            cells.setdefault(row[CELL_ID], []).append(row)
     out = []
     for cell_id, trials in cells.items():
-        members = sorted((r for r in trials if r.get("status") == "completed"), key=lambda r: r["seed"])
+        members = sorted((r for r in trials if r.get(STATUS) == STATUS_COMPLETED), key=lambda r: r["seed"])
         if not members:
             out += [_no_ensemble(cell_id, trials, n) for n in sorted(set(sizes or [len(trials)]))]
             continue
-        loaded = [load_test_logits(folder_of(r["trial_id"])) for r in members]
+        loaded = [load_test_logits(folder_of(r[TRIAL_ID])) for r in members]
         labels = loaded[0][1]
         if any(not np.array_equal(lab, labels) for _, lab in loaded):
             raise ValueError(f"cell {cell_id}: members were tested on different labels; they are not one cell")
@@ -115,36 +127,36 @@ def _no_ensemble(cell_id: str, trials: list[dict], size: int) -> dict[str, Any]:
     """The row saying that no member of a cell completed, so none of its ensembles could be formed."""
     first = trials[0]
     row = {k: v for k, v in first.items() if _is_config(k)}
-    row.update(
-        trial_id="ens-" + hashlib.sha256(f"{cell_id}-none{size}".encode()).hexdigest()[:12],
-        cell_id=f"{cell_id}-ens{size}",
-        method=f"{first['method']}_ensemble",
-        status="failed",
-        ensemble_size=size,
-        ensemble_seeds="",
-        ensemble_members="",
-        error=f"no ensemble could be formed: none of the cell's {len(trials)} trials completed "
-              f"({', '.join(sorted({str(t.get('status')) for t in trials}))})",
-    )
+    row.update({
+        TRIAL_ID: "ens-" + hashlib.sha256(f"{cell_id}-none{size}".encode()).hexdigest()[:12],
+        CELL_ID: f"{cell_id}-ens{size}",
+        "method": f"{first['method']}_ensemble",
+        STATUS: STATUS_FAILED,
+        ENSEMBLE_SIZE: size,
+        ENSEMBLE_SEEDS: [],
+        ENSEMBLE_MEMBERS: [],
+        ERROR: f"no ensemble could be formed: none of the cell's {len(trials)} trials completed "
+               f"({', '.join(sorted({str(t.get(STATUS)) for t in trials}))})",
+    })
     return row
 
 
 def _ensemble_row(cell_id: str, members: list[dict], logits: list[np.ndarray], labels: np.ndarray) -> dict[str, Any]:
     first = members[0]
     row = {k: v for k, v in first.items() if _is_config(k)}
-    ids = ",".join(m["trial_id"] for m in members)
-    row.update(
-        trial_id="ens-" + hashlib.sha256(ids.encode()).hexdigest()[:12],
-        cell_id=f"{cell_id}-ens{len(members)}",
-        method=f"{first['method']}_ensemble",
-        status="completed",
-        ensemble_size=len(members),
-        ensemble_seeds=",".join(str(m["seed"]) for m in members),
-        ensemble_members=ids,
-    )
+    ids = [m[TRIAL_ID] for m in members]
+    row.update({
+        TRIAL_ID: "ens-" + hashlib.sha256(",".join(ids).encode()).hexdigest()[:12],
+        CELL_ID: f"{cell_id}-ens{len(members)}",
+        "method": f"{first['method']}_ensemble",
+        STATUS: STATUS_COMPLETED,
+        ENSEMBLE_SIZE: len(members),
+        ENSEMBLE_SEEDS: [m["seed"] for m in members],
+        ENSEMBLE_MEMBERS: ids,
+    })
     for key in ("test_acc", *CARRIED):
         values = [m[key] for m in members if isinstance(m.get(key), int | float)]
         if values:
-            row["member_test_acc" if key == "test_acc" else key] = float(np.mean(values))
+            row[MEMBER_TEST_ACC if key == "test_acc" else key] = float(np.mean(values))
     row.update(ensemble_metrics(logits, labels))
     return row

@@ -15,31 +15,20 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ptlab.config import LOSS_CHOICES, loss_fields
 from ptlab.metrics import FEW_SHOT_AT_MOST, MANY_SHOT_ABOVE
 from ptlab.models.backbone import BackboneKind
 
 # --- losses -----------------------------------------------------------------------
 
-# Each loss once: its parameters, by name, and the TrialConfig field holding each.
-LOSS_PARAMS: dict[str, dict[str, str]] = {
-    "ce": {},
-    "gce": {"q": "gce_q"},
-    "mae": {},
-    "sce": {"alpha": "sce_alpha", "beta": "sce_beta"},
-    "nce_rce": {"alpha": "nce_alpha", "beta": "nce_beta"},
-}
+# Each loss's parameters, by name, and the TrialConfig field holding each (ptlab.config.LOSS_CHOICES).
+LOSS_PARAMS: dict[str, dict[str, str]] = {name: loss_fields(name) for name in LOSS_CHOICES}
 LOSS_FIELDS = frozenset(f for params in LOSS_PARAMS.values() for f in params.values())
-
-
-def loss_params(name: str, values: Callable[[str], Any]) -> dict[str, Any]:
-    """The parameters of loss `name`, each read by `values(field)`."""
-    return {param: values(field) for param, field in LOSS_PARAMS[name].items()}
 
 
 # --- shared fields a method may leave unread ---------------------------------------

@@ -21,14 +21,13 @@ from ptlab.data.sources import class_counts
 from ptlab.losses import make_loss
 from ptlab.methods.base import TrialContext, TrialRecord, sanity_status, shot_group_metrics, shot_group_sizes
 from ptlab.methods.gradient_ratio import GradientRatioProbe
-from ptlab.methods.registry import loss_params
 from ptlab.methods.schedule import epoch_lr, make_optimizer, set_lr
 from ptlab.methods.supervision import SupervisedSetup
 from ptlab.metrics import accuracy, mean_per_class_accuracy, per_class_accuracy
 
 
 def loss_for(cfg: TrialConfig, reduction: str = "mean"):
-    return make_loss(cfg.loss, reduction=reduction, **loss_params(cfg.loss, lambda field: getattr(cfg, field)))
+    return make_loss(cfg.loss, reduction=reduction, **cfg.loss_choice.params())
 
 
 class TrainingLoop:

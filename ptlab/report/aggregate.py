@@ -32,16 +32,27 @@ from ptlab.config import is_config_column
 from ptlab.methods.base import STATUS_COLLAPSED, STATUS_COMPLETED, STATUS_FAILED, STATUS_NAN, STATUS_PRUNED
 from ptlab.study.layout import STUDY_FILE
 from ptlab.study.reference import reference_store
+from ptlab.study.schema import (
+    CELL_ID,
+    ENSEMBLE_MEMBERS,
+    ENSEMBLE_SIZE,
+    ERROR,
+    PHASE,
+    STATUS,
+    TIMINGS,
+    TRIAL_ID,
+    latest_rows,
+)
 from ptlab.study.space import cell_id, cell_label, differing_fields, field_value
 from ptlab.study.spec import stored_plan
-from ptlab.study.store import ENSEMBLE_SIZE, PHASE, ResultStore, is_ensemble
+from ptlab.study.store import ResultStore, is_ensemble
 
 COMPLETED, PRUNED = STATUS_COMPLETED, STATUS_PRUNED
 # Trials that ran but whose numbers must not enter a mean; a cell lists them.
 EXCLUDED = (STATUS_NAN, STATUS_COLLAPSED, STATUS_FAILED)
 NOISE = "noise_rate"
 
-_RECORD_COLUMNS = {"trial_id", "cell_id", "status", "error"}
+_RECORD_COLUMNS = {TRIAL_ID, CELL_ID, STATUS, ERROR}
 # Metrics a researcher looks for first; any other numeric outcome follows them.
 _METRIC_ORDER = (
     "test_acc",
@@ -55,7 +66,6 @@ _METRIC_ORDER = (
     "few_acc",
     "grad_ratio",
 )
-_TIMINGS = ("wall_s", "recipe_s", "epochs_done", "attempts")
 # Outcomes where lower is better; percentages are higher-is-better, and others have no best.
 _LOWER_IS_BETTER = ("train_loss", "key_loss")
 MIN_SEEDS_FOR_CI = 3
@@ -117,7 +127,7 @@ class StudyResults:
     def status_counts(self) -> dict[str, int]:
         if self.trials.is_empty():
             return {}
-        counts = self.trials.group_by("status").len().sort("status")
+        counts = self.trials.group_by(STATUS).len().sort(STATUS)
         return dict(counts.iter_rows())
 
     def optuna_storage(self) -> Path | None:
@@ -139,14 +149,14 @@ def load_study(folder: str | Path) -> StudyResults:
         raise ValueError(f"{spec_path}: a study spec is a mapping")
     store = ResultStore(folder)  # rebuilds a missing or damaged Parquet file from the trial folders
     rows = store.rows()
-    # A tuned grid re-runs the selected search trial's config: the same trial_id in each phase.
+    # A tuned grid re-runs the selected search trial's config: the same trial_id in each phase, apart by phase.
     search = rows.filter(pl.col(PHASE) == "search") if PHASE in rows.columns else pl.DataFrame()
     if not search.is_empty():
         rows = rows.filter(pl.col(PHASE).fill_null("") != "search")  # ensemble rows have no phase
-        search = spread_method_options(search.unique(subset="trial_id", keep="last", maintain_order=True))
+        search = spread_method_options(latest_rows(search))
     if not rows.is_empty():
-        # A retried trial is appended again; its latest row is the one that counts.
-        rows = spread_method_options(rows.unique(subset="trial_id", keep="last", maintain_order=True))
+        # A row is named by its key (ptlab.study.schema); of one recorded twice, the latest counts.
+        rows = spread_method_options(latest_rows(rows))
     ensemble = is_ensemble(rows)
     repeats = repeated_rows(rows, repeated_cells(spec))
     references = reference_store(folder).rows()
@@ -172,7 +182,7 @@ def load_study(folder: str | Path) -> StudyResults:
 
 def _as_stored(value: Any) -> Any:
     # as the store flattens a config (ptlab.config.flatten_config) and spread_method_options a nested option
-    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
 
 
 def repeated_cells(spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -205,7 +215,7 @@ def repeated_rows(rows: pl.DataFrame, repeated: dict[str, list[dict[str, Any]]])
     cell = pl.col("cell_id")
     if ENSEMBLE_SIZE in rows.columns:
         member_cell = dict(zip(rows["trial_id"], rows["cell_id"], strict=True))
-        first_member = pl.col("ensemble_members").str.split(",").list.first()
+        first_member = pl.col(ENSEMBLE_MEMBERS).list.first()
         cell = pl.when(is_ensemble(rows)).then(first_member.replace_strict(member_cell, default=None)).otherwise(cell)
     copies = []
     for cell_of, repeats in repeated.items():
@@ -266,7 +276,7 @@ def metric_columns(trials: pl.DataFrame) -> list[str]:
         and trials.get_column(c).null_count() < trials.height
     ]
     first = [m for m in _METRIC_ORDER if m in numeric]
-    last = [m for m in _TIMINGS if m in numeric]
+    last = [m for m in TIMINGS if m in numeric]
     return first + sorted(set(numeric) - set(first) - set(last)) + last
 
 
@@ -275,7 +285,7 @@ def is_bookkeeping(column: str, values: pl.Series) -> bool:
     outcomes such as images encoded or train_size. Percentages are measurements even when whole."""
     if is_percent(column):
         return False
-    if column in _TIMINGS or column.endswith("_s"):
+    if column in TIMINGS or column.endswith("_s"):
         return True
     known = values.drop_nulls().cast(pl.Float64).drop_nans()
     return known.len() > 0 and bool((known == known.round(0)).all())
@@ -333,12 +343,12 @@ def cell_summary(trials: pl.DataFrame, keys: list[str], metrics: list[str]) -> p
     Pruned trials are search bookkeeping, not results, and are left out. The
     interval is left empty below MIN_SEEDS_FOR_CI seeds and for counts and timings.
     """
-    rows = trials.filter(pl.col("status") != PRUNED)
+    rows = trials.filter(pl.col(STATUS) != PRUNED)
     if rows.is_empty():
         return pl.DataFrame()
-    done = pl.col("status") == COMPLETED
-    bad = pl.col("status").is_in(EXCLUDED)
-    reason = pl.format("seed {} {}", pl.col("seed"), pl.col("status"))
+    done = pl.col(STATUS) == COMPLETED
+    bad = pl.col(STATUS).is_in(EXCLUDED)
+    reason = pl.format("seed {} {}", pl.col("seed"), pl.col(STATUS))
     aggs = [
         done.sum().alias("n_seeds"),
         bad.sum().alias("n_excluded"),
@@ -347,7 +357,7 @@ def cell_summary(trials: pl.DataFrame, keys: list[str], metrics: list[str]) -> p
     for m in metrics:
         value = pl.col(m).filter(done)
         aggs += [value.mean().alias(f"{m}_mean"), value.std(ddof=1).alias(f"{m}_std"), value.count().alias(f"_{m}_n")]
-    cells = rows.group_by("cell_id", maintain_order=True).agg(*[pl.col(k).first() for k in keys], *aggs)
+    cells = rows.group_by(CELL_ID, maintain_order=True).agg(*[pl.col(k).first() for k in keys], *aggs)
     for m in metrics:
         counts = [n for n in cells.get_column(f"_{m}_n").unique().to_list() if n >= MIN_SEEDS_FOR_CI]
         if is_bookkeeping(m, rows.get_column(m)):
@@ -356,7 +366,7 @@ def cell_summary(trials: pl.DataFrame, keys: list[str], metrics: list[str]) -> p
             {n: t_critical(n - 1) for n in counts}, default=None, return_dtype=pl.Float64
         )
         cells = cells.with_columns((t * pl.col(f"{m}_std") / pl.col(f"_{m}_n").sqrt()).alias(f"{m}_ci95"))
-    ordered = ["cell_id", *keys, "n_seeds", "n_excluded", "excluded"]
+    ordered = [CELL_ID, *keys, "n_seeds", "n_excluded", "excluded"]
     ordered += [f"{m}_{stat}" for m in metrics for stat in ("mean", "std", "ci95")]
     cells = cells.select(ordered)
     return cells.sort(keys) if keys else cells
@@ -400,8 +410,8 @@ def excluded_trials(trials: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     """Flagged and failed trials, with their cell and error, for the researcher to inspect."""
     if trials.is_empty():
         return pl.DataFrame()
-    columns = ["trial_id", *keys, "seed", "status", "error"]
-    rows = trials.filter(pl.col("status").is_in(EXCLUDED))
+    columns = [TRIAL_ID, *keys, "seed", STATUS, ERROR]
+    rows = trials.filter(pl.col(STATUS).is_in(EXCLUDED))
     return rows.select([c for c in columns if c in rows.columns])
 
 
@@ -458,7 +468,7 @@ def best_rows(cells: pl.DataFrame, metrics: list[str]) -> dict[str, set[int]]:
 
 def reference_table(study: StudyResults, keys: list[str], metrics: list[str]) -> pl.DataFrame:
     """The zero-shot reference as rows of a paper table: labelled in the first key's column, n = 1."""
-    refs = study.references.filter(pl.col("status") == COMPLETED) if not study.references.is_empty() else study.references
+    refs = study.references.filter(pl.col(STATUS) == COMPLETED) if not study.references.is_empty() else study.references
     if refs.is_empty():
         return pl.DataFrame()
     varied = [c for c in keys if c in refs.columns and refs[c].n_unique() > 1]

@@ -24,6 +24,7 @@ import polars as pl
 from plotly.colors import hex_to_rgb, qualitative
 from plotly.subplots import make_subplots
 
+from ptlab.methods.base import STATUS_COLLAPSED, STATUS_FAILED, STATUS_NAN
 from ptlab.report import dashboard as dash
 from ptlab.report.aggregate import (
     COMPLETED,
@@ -34,6 +35,7 @@ from ptlab.report.aggregate import (
     is_percent,
     t_critical,
 )
+from ptlab.study.schema import CELL_ID, EPOCH, KEY, STATUS, TRIAL_ID, row_key
 
 PALETTE = qualitative.Plotly
 PANEL_COLUMNS = 3
@@ -41,9 +43,9 @@ PANEL_HEIGHT = 380
 STATUS_COLOURS = {
     COMPLETED: "#1f77b4",
     PRUNED: "#ff7f0e",
-    "failed": "#d62728",
-    "flagged_nan": "#9467bd",
-    "flagged_collapse": "#8c564b",
+    STATUS_FAILED: "#d62728",
+    STATUS_NAN: "#9467bd",
+    STATUS_COLLAPSED: "#8c564b",
 }
 
 
@@ -122,7 +124,7 @@ def zero_shot_values(study: StudyResults, metric: str, where: dict[str, Any]) ->
     refs = study.references
     if refs.is_empty() or metric not in refs.columns or not is_percent(metric):
         return []
-    refs = refs.filter((pl.col("status") == COMPLETED) & pl.col(metric).is_not_null())
+    refs = refs.filter((pl.col(STATUS) == COMPLETED) & pl.col(metric).is_not_null())
     differing = [c for c in refs.columns if c in study.keys and refs[c].n_unique() > 1]
     for column, value in where.items():
         if column in differing:
@@ -130,7 +132,7 @@ def zero_shot_values(study: StudyResults, metric: str, where: dict[str, Any]) ->
     shown = [c for c in differing if c not in where]
     return [
         ("zero-shot CLIP" + "".join(f", {c}={r[c]}" for c in shown), float(r[metric]))
-        for r in refs.sort(shown or "trial_id").iter_rows(named=True)
+        for r in refs.sort(shown or TRIAL_ID).iter_rows(named=True)
     ]
 
 
@@ -196,7 +198,7 @@ def _reference_traces(fig: go.Figure, lines: list[Reference], span: list[Any], r
 
 def _seed_points(study: StudyResults, cell_ids: list[str], y: str) -> pl.DataFrame:
     """The completed seeds of the given cells that hold ``y``, to draw as points where a cell has too few for an interval."""
-    return study.rows.filter(pl.col("cell_id").is_in(cell_ids) & (pl.col("status") == COMPLETED) & pl.col(y).is_not_null())
+    return study.rows.filter(pl.col(CELL_ID).is_in(cell_ids) & (pl.col(STATUS) == COMPLETED) & pl.col(y).is_not_null())
 
 
 def _rest(study: StudyResults, *used: str | None) -> list[str]:
@@ -259,7 +261,7 @@ def _curve(spec: dash.Curve, study: StudyResults, cells: pl.DataFrame) -> go.Fig
                 }
                 fig.add_trace(go.Scatter(x=xs, y=lower, **band), row, col)
                 fig.add_trace(go.Scatter(x=xs, y=upper, fill="tonexty", fillcolor=_colour(k, 0.2), **band), row, col)
-            few = s.filter(pl.col("n_seeds") < MIN_SEEDS_FOR_CI)["cell_id"].to_list()
+            few = s.filter(pl.col("n_seeds") < MIN_SEEDS_FOR_CI)[CELL_ID].to_list()
             if spec.band and few:
                 points = _seed_points(study, few, y)
                 fig.add_trace(
@@ -423,13 +425,13 @@ def _bars(spec: dash.Bars, study: StudyResults, cells: pl.DataFrame) -> go.Figur
                 hovertemplate=f"%{{x}}<br>{m}=%{{y:.2f}}<extra></extra>",
             )
         )
-        few = {g["cell_id"].item(): label for label, (_, g) in zip(labels, groups, strict=True)
+        few = {g[CELL_ID].item(): label for label, (_, g) in zip(labels, groups, strict=True)
                if g["n_seeds"].item() < MIN_SEEDS_FOR_CI}
         points = _seed_points(study, list(few), m)
         if points.height:
             fig.add_trace(
                 go.Scatter(
-                    x=[few[c] for c in points["cell_id"].to_list()],
+                    x=[few[c] for c in points[CELL_ID].to_list()],
                     y=points[m].to_list(),
                     mode="markers",
                     legendgroup=m,
@@ -457,7 +459,7 @@ def _bars(spec: dash.Bars, study: StudyResults, cells: pl.DataFrame) -> go.Figur
 def _scatter(spec: dash.Scatter, study: StudyResults, cells: pl.DataFrame) -> go.Figure:
     x, y = _metric(spec.x, study), _metric(spec.y, study)
     colour = _maybe(spec.color, study, "color")
-    done = study.trials.filter((pl.col("status") == COMPLETED) & pl.col(x).is_not_null() & pl.col(y).is_not_null())
+    done = study.trials.filter((pl.col(STATUS) == COMPLETED) & pl.col(x).is_not_null() & pl.col(y).is_not_null())
     fig = go.Figure()
     for k, (label, part) in enumerate(_groups(done, [colour] if colour else [])):
         fig.add_trace(
@@ -467,7 +469,7 @@ def _scatter(spec: dash.Scatter, study: StudyResults, cells: pl.DataFrame) -> go
                 mode="markers",
                 name=label or "trials",
                 marker={"color": _colour(k), "size": 9, "opacity": 0.8},
-                customdata=list(zip(part["trial_id"].to_list(), part["seed"].to_list(), strict=True)),
+                customdata=list(zip(part[TRIAL_ID].to_list(), part["seed"].to_list(), strict=True)),
                 hovertemplate=f"trial %{{customdata[0]}} (seed %{{customdata[1]}})<br>{x}=%{{x:.2f}}<br>{y}=%{{y:.2f}}<extra></extra>",
             )
         )
@@ -481,27 +483,32 @@ def _curves_with_status(spec: dash.LearningCurves, study: StudyResults, columns:
         raise FigureSkipped("no curves.parquet in the study folder")
     if spec.y not in study.curves.columns:
         raise FigureSkipped(f"curves.parquet has no column {spec.y}")
-    info = study.cell_trials.select("trial_id", "cell_id", "status", "seed", *[c for c in columns if c != "status"])
-    curves = study.curves.join(info, on="trial_id", how="inner").filter(pl.col(spec.y).is_not_null())
+    # curves of files written before they carried a key are joined by trial_id
+    key = KEY if KEY in study.curves.columns and KEY in study.trials.columns else TRIAL_ID
+    # a trial counted in several cells (ptlab.study.space.cell_groups) draws a curve in each
+    info = study.cell_trials.select(*dict.fromkeys([key, TRIAL_ID, CELL_ID, STATUS, "seed", *columns]))
+    # the trial's row is the one truth of its factor values: the curve's own copies give way to it
+    curves = study.curves.drop([c for c in info.columns if c != key], strict=False)
+    curves = curves.join(info, on=key, how="inner").filter(pl.col(spec.y).is_not_null())
     if curves.is_empty():
         raise FigureSkipped(f"curves.parquet holds no values of {spec.y}")
-    return curves.sort("trial_id", "epoch")
+    return curves.sort(key, EPOCH)
 
 
 def _asha_stops(fig: go.Figure, curves: pl.DataFrame, y: str, row: int = 1, col: int = 1, legend: bool = True) -> None:
-    stops = curves.filter(pl.col("status") == PRUNED).group_by("trial_id", maintain_order=True).last()
+    stops = curves.filter(pl.col(STATUS) == PRUNED).group_by(row_key(curves), maintain_order=True).last()
     if stops.is_empty():
         return
     fig.add_trace(
         go.Scatter(
-            x=stops["epoch"].to_list(),
+            x=stops[EPOCH].to_list(),
             y=stops[y].to_list(),
             mode="markers",
             name="stopped by ASHA",
             legendgroup="stopped by ASHA",
             showlegend=legend,
             marker={"symbol": "x", "size": 11, "color": "black"},
-            customdata=stops["trial_id"].to_list(),
+            customdata=stops[TRIAL_ID].to_list(),
             hovertemplate="trial %{customdata} stopped by ASHA after epoch %{x}<extra></extra>",
         ),
         row,
@@ -518,12 +525,12 @@ def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.D
     panel_by = _rest(study, colour)
     curves = _curves_with_status(spec, study, [c for c in (colour, *panel_by) if c])
     y = spec.y
-    done = curves.filter(pl.col("status") == COMPLETED)
+    done = curves.filter(pl.col(STATUS) == COMPLETED)
     by = [c for c in (colour, *panel_by) if c]
     stats = (
-        done.group_by([*by, "cell_id", "epoch"], maintain_order=True)
+        done.group_by([*by, CELL_ID, EPOCH], maintain_order=True)
         .agg(pl.col(y).mean().alias("mean"), pl.col(y).std(ddof=1).alias("std"), pl.len().alias("n"))
-        .sort([*by, "epoch"], nulls_last=True)
+        .sort([*by, EPOCH], nulls_last=True)
     )
     counts = [n for n in stats["n"].unique().to_list() if n >= MIN_SEEDS_FOR_CI]
     t = pl.col("n").replace_strict({n: t_critical(n - 1) for n in counts}, default=None, return_dtype=pl.Float64)
@@ -544,19 +551,19 @@ def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.D
             k = values.index(value)
             label = f"{colour}={value}" if colour else y
             match = pl.lit(True) if colour is None else pl.col(colour) == value
-            part = stats.join(panel.select("cell_id").unique(), on="cell_id").filter(match).sort("epoch")
+            part = stats.join(panel.select(CELL_ID).unique(), on=CELL_ID).filter(match).sort(EPOCH)
             if part.is_empty():
                 continue
-            epochs, mean, ci = part["epoch"].to_list(), part["mean"], part["ci"]
+            epochs, mean, ci = part[EPOCH].to_list(), part["mean"], part["ci"]
             if ci.null_count() < len(ci):
                 band = {"mode": "lines", "line": {"width": 0}, "hoverinfo": "skip", "showlegend": False,
                         "legendgroup": label}
                 fig.add_trace(go.Scatter(x=epochs, y=_clip(mean - ci, y).to_list(), **band), row, col)
                 fig.add_trace(go.Scatter(x=epochs, y=_clip(mean + ci, y).to_list(), fill="tonexty",
                                          fillcolor=_colour(k, 0.12), **band), row, col)
-            seeds = panel.filter(match & (pl.col("status") == COMPLETED))
+            seeds = panel.filter(match & (pl.col(STATUS) == COMPLETED))
             if part["n"].max() < MIN_SEEDS_FOR_CI:
-                fig.add_trace(go.Scatter(x=seeds["epoch"].to_list(), y=seeds[y].to_list(), mode="markers",
+                fig.add_trace(go.Scatter(x=seeds[EPOCH].to_list(), y=seeds[y].to_list(), mode="markers",
                                          legendgroup=label, showlegend=False, customdata=seeds["seed"].to_list(),
                                          marker={"color": _colour(k, 0.5), "size": 4},
                                          hovertemplate="seed %{customdata}, epoch %{x}: %{y:.2f}<extra></extra>"),
@@ -577,9 +584,9 @@ def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.D
                 col,
             )
             shown.add(label)
-            pruned = panel.filter(match & (pl.col("status") == PRUNED))
-            for (_,), trial in pruned.partition_by("trial_id", as_dict=True, maintain_order=True).items():
-                fig.add_trace(go.Scatter(x=trial["epoch"].to_list(), y=trial[y].to_list(), mode="lines",
+            pruned = panel.filter(match & (pl.col(STATUS) == PRUNED))
+            for (_,), trial in pruned.partition_by(row_key(pruned), as_dict=True, maintain_order=True).items():
+                fig.add_trace(go.Scatter(x=trial[EPOCH].to_list(), y=trial[y].to_list(), mode="lines",
                                          legendgroup=label, showlegend=False, opacity=0.5,
                                          line={"color": _colour(k), "width": 1, "dash": "dash"},
                                          hoverinfo="skip"), row, col)
@@ -587,9 +594,9 @@ def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.D
             if clean is not None and where.get(NOISE, 0) != 0:
                 references.append(Reference(f"clean labels, {label}", clean, _colour(k), label))
         _asha_stops(fig, panel, y, row, col, legend="stopped by ASHA" not in shown)
-        if not panel.filter(pl.col("status") == PRUNED).is_empty():
+        if not panel.filter(pl.col(STATUS) == PRUNED).is_empty():
             shown.add("stopped by ASHA")
-        _reference_traces(fig, references, panel["epoch"].unique().to_list(), row, col, shown)
+        _reference_traces(fig, references, panel[EPOCH].unique().to_list(), row, col, shown)
     fig.update_xaxes(title_text="epoch", row=rows)
     # One y range for every panel (shared_yaxes shares within a row only), so panels compare at a glance.
     fig.update_yaxes(title_text=f"{_label(y)}, mean", col=1)
@@ -600,17 +607,17 @@ def _learning_curves(spec: dash.LearningCurves, study: StudyResults, cells: pl.D
 
 def _trial_curves(spec: dash.LearningCurves, study: StudyResults) -> go.Figure:
     colour = _maybe(spec.color, study, "color")
-    by = colour or "status"
+    by = colour or STATUS
     curves = _curves_with_status(spec, study, [by])
     values = sorted(curves[by].unique().to_list(), key=str)
     fig = make_subplots(1, 1)
     shown: set[Any] = set()
-    for (trial_id,), trial in curves.partition_by("trial_id", maintain_order=True, as_dict=True).items():
-        group = trial[by][0]
-        line = STATUS_COLOURS.get(group, "#7f7f7f") if by == "status" else _colour(values.index(group))
+    for trial in curves.partition_by(row_key(curves), maintain_order=True):
+        group, trial_id = trial[by][0], trial[TRIAL_ID][0]
+        line = STATUS_COLOURS.get(group, "#7f7f7f") if by == STATUS else _colour(values.index(group))
         fig.add_trace(
             go.Scatter(
-                x=trial["epoch"].to_list(),
+                x=trial[EPOCH].to_list(),
                 y=trial[spec.y].to_list(),
                 mode="lines",
                 name=f"{by}={group}",
@@ -618,13 +625,13 @@ def _trial_curves(spec: dash.LearningCurves, study: StudyResults) -> go.Figure:
                 showlegend=group not in shown,
                 line={"color": line, "width": 1.5},
                 opacity=0.7,
-                hovertemplate=f"trial {trial_id} ({trial['status'][0]})<br>epoch %{{x}}<br>{spec.y}=%{{y:.2f}}<extra></extra>",
+                hovertemplate=f"trial {trial_id} ({trial[STATUS][0]})<br>epoch %{{x}}<br>{spec.y}=%{{y:.2f}}<extra></extra>",
             )
         )
         shown.add(group)
     _asha_stops(fig, curves, spec.y)
     references = [Reference(name, v) for name, v in zero_shot_values(study, spec.y, {})]
-    _reference_traces(fig, references, curves["epoch"].unique().to_list(), 1, 1, set())
+    _reference_traces(fig, references, curves[EPOCH].unique().to_list(), 1, 1, set())
     fig.update_layout(height=PANEL_HEIGHT + 120, xaxis_title_text="epoch", yaxis_title_text=_label(spec.y))
     return fig
 

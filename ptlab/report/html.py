@@ -37,9 +37,10 @@ from ptlab.report.dashboard import Dashboard, choose_dashboard, load_dashboard
 from ptlab.report.figures import Rendered, render
 from ptlab.report.tuned import tuned_section
 from ptlab.study.layout import REPORT_DIR, STUDY_FILE
-from ptlab.study.store import ENSEMBLE_SIZE
+from ptlab.study.schema import ENSEMBLE_SIZE, ERROR, PROVENANCE_COLUMNS, STATUS, WALL_S
 
-PROVENANCE = ("ptlab_version", "git_commit", "torch_version", "open_clip_version", "ray_version")
+# the provenance a report shows, in this order: python's is in results.parquet
+PROVENANCE = tuple(PROVENANCE_COLUMNS[source] for source in ("ptlab", "git_commit", "torch", "open_clip", "ray"))
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 0; background: #fafafa; }
@@ -170,8 +171,8 @@ def _overview(study: StudyResults, board_path: Path) -> str:
     if study.optuna_storage() is not None:
         items.append(("Optuna storage", str(study.optuna_storage())))
     # trials that failed before their recipe started have no wall time, and neither may any trial
-    if "wall_s" in study.trials.columns and study.trials["wall_s"].null_count() < study.trials.height:
-        items.append(("compute time", f"{study.trials['wall_s'].cast(pl.Float64).sum() / 3600:.2f} trial-hours"))
+    if WALL_S in study.trials.columns and study.trials[WALL_S].null_count() < study.trials.height:
+        items.append(("compute time", f"{study.trials[WALL_S].sum() / 3600:.2f} trial-hours"))
     for column in PROVENANCE:
         if column in study.trials.columns:
             items.append(
@@ -267,7 +268,7 @@ def _page(
 ) -> str:
     state = "partial" if study.partial else "complete"
     excluded = excluded_trials(study.trials, study.keys)
-    done = study.trials.filter(pl.col("status") == COMPLETED).height if not study.trials.is_empty() else 0
+    done = study.trials.filter(pl.col(STATUS) == COMPLETED).height if not study.trials.is_empty() else 0
     primary = [m for m in board.summary.metrics if m in study.metrics]
     ordered, limit_note = _ordered(study, board, cells) if not cells.is_empty() else (cells, "")
     drawn = [(i, f) for i, f in enumerate(figures) if f.figure is not None]
@@ -299,7 +300,7 @@ def _page(
         ]
     sections.append(_details(study, primary, ordered))
     if not excluded.is_empty():
-        sections += [f"<h2>Excluded trials ({excluded.height})</h2>", _table(excluded, wrap=("error",))]
+        sections += [f"<h2>Excluded trials ({excluded.height})</h2>", _table(excluded, wrap=(ERROR,))]
     sections += ['<h2 id="overview">Overview</h2>', _overview(study, board_path)]
     sections.append(_not_applicable(board, study, figures))
     anchors = [("summary", "Summary"), ("figures", "Figures"), ("details", "Details"), ("overview", "Overview"),

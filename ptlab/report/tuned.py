@@ -18,6 +18,7 @@ import polars as pl
 
 from ptlab.report.aggregate import COMPLETED, StudyResults, cell_summary, format_number, load_study, metric_columns
 from ptlab.study.layout import SELECTION_FILE
+from ptlab.study.schema import STATUS
 
 RESULT = "test_acc"
 
@@ -129,7 +130,7 @@ def tuned_section(study: StudyResults, fixed_dir: str | Path | None = None) -> s
     factors = _factors(study)
     figure = selected_figure(cells, selection, factors).to_html(
         full_html=False, include_plotlyjs=False, div_id="plot-selected", config={"displaylogo": False})
-    done = study.trials.filter(pl.col("status") == COMPLETED).height if not study.trials.is_empty() else 0
+    done = study.trials.filter(pl.col(STATUS) == COMPLETED).height if not study.trials.is_empty() else 0
     parts = [
         '<h2 id="tuned">Tuned grid</h2>',
         f"<p><b>{escape(rule_label(selection))}</b>. Every cell had its own Optuna search of "

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptlab.methods.ensemble import LOGITS_FILE, ensemble_rows
+from ptlab.study.schema import KEY, TRIAL_ID
 from ptlab.study.spec import StudySpec
-from ptlab.study.store import KEY, ResultStore
+from ptlab.study.store import ResultStore
 from ptlab.study.trial import TrialPlan
 
 
@@ -23,7 +24,7 @@ def record_ensembles(spec: StudySpec, plan: TrialPlan) -> int:
     rows = []
     if spec.ensemble and trials.height:
         # results rows name trials by config hash; their folders are named by Tune's trial id
-        folder_of = dict(zip(trials["trial_id"], trials[KEY], strict=True))
+        folder_of = dict(zip(trials[TRIAL_ID], trials[KEY], strict=True))
 
         def artifacts(trial_id: str) -> Path:
             folder = plan.files(folder_of[trial_id]).artifacts

@@ -8,7 +8,7 @@
     journal.log        the Optuna storage of every search (optuna-dashboard opens it)
     tune/, tune_reruns/  Ray Tune's experiments (searches or grid; a tuned grid's re-runs)
     trials/<key>/      a trial's curve, checkpoint, record and outcome.json
-    results.parquet, curves.parquet, ensembles.json   built from the trial folders
+    results.parquet, curves.parquet, ensembles.json   built from the trial folders (columns: schema.py)
     reference/         the zero-shot reference trials, kept apart
     report/            the HTML report and its tables
 

@@ -23,6 +23,7 @@ from ray import tune
 from ptlab.files import atomic_write
 from ptlab.methods.base import STATUS_COMPLETED
 from ptlab.study.layout import DRIVER, PROGRESS
+from ptlab.study.schema import STATUS
 from ptlab.study.spec import StudyKind
 from ptlab.study.status import cells_done, clock, read_json, render_status
 from ptlab.study.store import ResultStore
@@ -101,7 +102,7 @@ class Progress(tune.Callback):
 
     def _stored_counts(self) -> dict[str, int]:
         df = ResultStore(self.plan.study_dir).results()
-        return dict(zip(*df["status"].value_counts().to_dict(as_series=False).values(), strict=True)) if df.height else {}
+        return dict(zip(*df[STATUS].value_counts().to_dict(as_series=False).values(), strict=True)) if df.height else {}
 
     def _consider_best(self, key: str, result: dict[str, Any]) -> None:
         value = result.get(self.summary["metric"])

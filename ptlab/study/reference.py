@@ -18,8 +18,9 @@ from pathlib import Path
 
 from ptlab.config import TrialConfig
 from ptlab.study.layout import REFERENCE_DIR, TRIALS_DIR
+from ptlab.study.schema import KEY
 from ptlab.study.spec import StudySpec
-from ptlab.study.store import KEY, ResultStore, TrialOutcome
+from ptlab.study.store import ResultStore, TrialOutcome
 from ptlab.study.trial import TrialFiles, TrialPlan, execute
 
 ZERO_SHOT = "zeroshot"
@@ -64,7 +65,7 @@ def reference_key(cfg: TrialConfig) -> str:
 
 
 def reference_store(study_dir: str | Path) -> ResultStore:
-    return ResultStore(Path(study_dir) / REFERENCE_DIR)
+    return ResultStore(Path(study_dir) / REFERENCE_DIR, study_dir)  # labelled with the study it is the reference of
 
 
 def _execute_on_node(cfg: TrialConfig, files: TrialFiles, plan: TrialPlan) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 
 from ptlab.methods.base import STATUS_COMPLETED
 from ptlab.study.layout import PROGRESS, STUDY_FILE
-from ptlab.study.store import PHASE, ResultStore
+from ptlab.study.schema import CELL_ID, KEY, PHASE, STATUS
+from ptlab.study.store import ResultStore
 
 STALE_S = 30.0  # a heartbeat this old means no driver is running the study
 
@@ -71,7 +72,7 @@ def cells_done(df, kind, seeds: int) -> int:
         return df.height
     if kind.reruns:
         df = df.filter(pl.col(PHASE) == "rerun") if PHASE in df.columns else df.clear()
-    return int((df.group_by("cell_id").len()["len"] >= seeds).sum()) if df.height else 0
+    return int((df.group_by(CELL_ID).len()["len"] >= seeds).sum()) if df.height else 0
 
 
 def _driver_alive(progress: dict[str, Any]) -> bool:
@@ -95,15 +96,15 @@ def study_status(study_dir: Path) -> dict[str, Any]:
     spec = load_study(study_dir / STUDY_FILE)
     progress = read_json(study_dir / PROGRESS)
     df = ResultStore(study_dir).results()
-    counts = dict(zip(*df["status"].value_counts().to_dict(as_series=False).values(), strict=True)) if df.height else {}
+    counts = dict(zip(*df[STATUS].value_counts().to_dict(as_series=False).values(), strict=True)) if df.height else {}
     kind = spec.kind
     metric = spec.search.metric if kind.searches else "test_acc"
     best = None
     if df.height and metric in df.columns:
-        ok = df.filter((df["status"] == STATUS_COMPLETED) & df[metric].is_not_null())
+        ok = df.filter((df[STATUS] == STATUS_COMPLETED) & df[metric].is_not_null())
         if ok.height:
             row = ok.sort(metric, descending=(not kind.searches or spec.search.mode == "max")).row(0, named=True)
-            best = {"value": row[metric], "trial": row["tune_trial_id"]}
+            best = {"value": row[metric], "trial": row[KEY]}
     state = progress.get("state", "not started")
     if state == "running" and not _driver_alive(progress):
         state = "interrupted"

@@ -10,6 +10,8 @@ one, so a reader, or a driver killed mid-write, only ever sees a complete file
 holding every trial recorded before. Curves are written before results: a
 trial listed in results always has its curve. Rows are keyed by Tune's trial
 id, so recording a trial twice (after a resume) replaces, never duplicates.
+Columns, types, identity and the study label written into both files are
+ptlab.study.schema's.
 
 results.parquet also holds the rows of a study's seed ensembles
 (ptlab.methods.ensemble), which alone have an `ensemble_size`. They are
@@ -19,6 +21,7 @@ them again (after a resume) never duplicates them either.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import sys
@@ -29,23 +32,36 @@ from typing import Any
 
 import polars as pl
 
-from ptlab.config import flatten_config
+from ptlab.config import config_columns, flatten_config
 from ptlab.files import atomic_write
-from ptlab.study.layout import CURVES, ENSEMBLES, OUTCOME, RESULTS, TRIALS_DIR
-
-KEY = "tune_trial_id"
-# Set on ensemble rows only: what tells them from trial rows, here and in reports.
-ENSEMBLE_SIZE = "ensemble_size"
-# Set on a tuned grid's rows only: "search" trials pick each cell's configuration, "rerun" rows are its result.
-PHASE = "phase"
-PROVENANCE_COLUMNS = {
-    "ptlab": "ptlab_version",
-    "torch": "torch_version",
-    "open_clip": "open_clip_version",
-    "ray": "ray_version",
-    "python": "python_version",
-    "git_commit": "git_commit",
-}
+from ptlab.study.layout import CURVES, ENSEMBLES, OUTCOME, RESULTS, STUDY_FILE, TRIALS_DIR
+from ptlab.study.schema import (
+    ATTEMPTS,
+    CELL_ID,
+    CONFIG_JSON,
+    ENSEMBLE_SIZE,
+    EPOCH,
+    EPOCHS_DONE,
+    ERROR,
+    FINISHED_AT,
+    KEY,
+    METRIC_PREFIX,
+    PHASE,
+    PROVENANCE_COLUMNS,
+    RECIPE_S,
+    STATUS,
+    STUDY,
+    TRIAL_ID,
+    WALL_S,
+    StudyLabel,
+    concat,
+    conform,
+    curves_dtypes,
+    curves_frame,
+    factor_values,
+    results_dtypes,
+    results_frame,
+)
 
 
 def is_ensemble(rows: pl.DataFrame) -> pl.Expr:
@@ -57,6 +73,11 @@ def _number(value: Any) -> float | int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return value
+
+
+def _metric_column(name: str) -> str:
+    # a metric named like a config column must not overwrite it
+    return f"{METRIC_PREFIX}{name}" if name in config_columns() else name
 
 
 @dataclass
@@ -76,46 +97,49 @@ class TrialOutcome:
     phase: str = ""  # a tuned grid's "search" or "rerun" (PHASE column)
 
     def row(self) -> dict[str, Any]:
-        config_columns = flatten_config(self.config)
         row: dict[str, Any] = {
-            "trial_id": self.trial_id,
-            "cell_id": self.cell_id,
+            TRIAL_ID: self.trial_id,
+            CELL_ID: self.cell_id,
             KEY: self.key,
-            "status": self.status,
-            "error": self.error,
+            STATUS: self.status,
+            ERROR: self.error,
             **({PHASE: self.phase} if self.phase else {}),
-            **config_columns,
-            "config_json": json.dumps(self.config, sort_keys=True),
+            **flatten_config(self.config),
+            CONFIG_JSON: json.dumps(self.config, sort_keys=True),
         }
         for name, value in self.metrics.items():
             number = _number(value)
-            if number is None or name in ("epoch", "epochs_done"):
+            if number is None or name in (EPOCH, EPOCHS_DONE):
                 continue
-            # a metric named like a config column must not overwrite it
-            row[f"metric.{name}" if name in config_columns else name] = float(number)
-        row["epochs_done"] = int(self.metrics.get("epochs_done", self.curve[-1]["epoch"] if self.curve else 0))
-        finished = self.timings.get("finished_at")
-        row.update(
-            wall_s=_number(self.timings.get("wall_s")),
-            recipe_s=_number(self.timings.get("recipe_s")),
-            attempts=_number(self.timings.get("attempts")),
-            finished_at=datetime.fromtimestamp(finished, timezone.utc).isoformat(timespec="seconds") if finished else None,
-        )
+            row[_metric_column(name)] = float(number)
+        row[EPOCHS_DONE] = int(self.metrics.get(EPOCHS_DONE, self.curve[-1][EPOCH] if self.curve else 0))
+        finished, attempts = self.timings.get(FINISHED_AT), _number(self.timings.get(ATTEMPTS))
+        row.update({
+            WALL_S: _number(self.timings.get(WALL_S)),
+            RECIPE_S: _number(self.timings.get(RECIPE_S)),
+            ATTEMPTS: int(attempts) if attempts is not None else None,
+            FINISHED_AT: datetime.fromtimestamp(finished, timezone.utc) if finished else None,
+        })
         for source, column in PROVENANCE_COLUMNS.items():
             row[column] = self.provenance.get(source, "")
         return row
 
-    def curve_rows(self) -> list[dict[str, Any]]:
+    def curve_rows(self, factors: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """One row per epoch, with the trial's value of each of the study's `factors` (StudyLabel.columns)."""
+        ids = {TRIAL_ID: self.trial_id, KEY: self.key, **factor_values(self.config, factors)}
         rows = []
         for point in self.curve:
-            values = {k: float(v) for k, v in point.items() if _number(v) is not None and k != "epoch"}
-            rows.append({"trial_id": self.trial_id, KEY: self.key, "epoch": int(point["epoch"]), **values})
+            values = {_metric_column(k): float(v) for k, v in point.items() if _number(v) is not None and k != EPOCH}
+            rows.append({**ids, EPOCH: int(point[EPOCH]), **values})
         return rows
 
 
 class ResultStore:
-    def __init__(self, folder: str | Path):
+    """A study's results and curves files in `folder`; their label is read from `study_dir`'s study.yaml (default `folder`)."""
+
+    def __init__(self, folder: str | Path, study_dir: str | Path | None = None):
         self.folder = Path(folder)
+        self.study_dir = Path(study_dir) if study_dir is not None else self.folder
 
     @property
     def results_path(self) -> Path:
@@ -124,6 +148,21 @@ class ResultStore:
     @property
     def curves_path(self) -> Path:
         return self.folder / CURVES
+
+    @functools.cached_property
+    def label(self) -> StudyLabel | None:
+        """The study the files belong to, as its study.yaml says; None where there is none (a bare folder)."""
+        path = self.study_dir / STUDY_FILE
+        if not path.is_file():
+            return None
+        from ptlab.study.spec import StudyError, load_study  # here: a reader that never writes does not pay for it
+
+        try:
+            return StudyLabel.of(load_study(path, check_data=False))
+        except StudyError as err:
+            print(f"{path} does not validate, so {RESULTS} and {CURVES} are written without the study's "
+                  f"name and factors: {str(err).splitlines()[0]}", file=sys.stderr)
+            return None
 
     def rows(self) -> pl.DataFrame:
         """Every row of results.parquet: trials and ensembles."""
@@ -137,9 +176,13 @@ class ResultStore:
     def curves(self) -> pl.DataFrame:
         return self._read(self.curves_path)
 
+    def _declared(self, path: Path) -> dict[str, pl.DataType]:
+        return curves_dtypes() if path == self.curves_path else results_dtypes()
+
     def _read(self, path: Path) -> pl.DataFrame:
+        """The file in the schema's types, whichever ptlab version wrote it."""
         try:
-            return pl.read_parquet(path)
+            return conform(pl.read_parquet(path), self._declared(path))
         except FileNotFoundError:
             problem = "missing"
         except (pl.exceptions.PolarsError, OSError) as err:
@@ -164,12 +207,16 @@ class ResultStore:
                 print(f"{path}: skipped, unreadable ({err})", file=sys.stderr)
         return outcomes
 
+    def _curve_frame(self, outcome: TrialOutcome) -> pl.DataFrame | None:
+        if not outcome.curve:
+            return None
+        return curves_frame(outcome.curve_rows(self.label.columns if self.label else ()))
+
     def rebuild(self, why: str, outcomes: list[TrialOutcome]) -> None:
         """Write both Parquet files afresh from the trials' recorded outcomes."""
         ensembles = json.loads((self.folder / ENSEMBLES).read_text()) if (self.folder / ENSEMBLES).is_file() else []
-        curves = [pl.DataFrame(o.curve_rows()) for o in outcomes if o.curve]
-        self._write(self.curves_path, curves)
-        rows = [pl.DataFrame([o.row()]) for o in outcomes]
+        self._write(self.curves_path, [self._curve_frame(o) for o in outcomes])
+        rows = [results_frame([o.row() for o in outcomes])]
         if ensembles:
             rows.append(self._ensemble_frame(ensembles))
         self._write(self.results_path, rows)
@@ -185,9 +232,8 @@ class ResultStore:
         folder = self.folder / TRIALS_DIR / outcome.key
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / OUTCOME, json.dumps(asdict(outcome), default=str).encode())
-        curve = pl.DataFrame(outcome.curve_rows()) if outcome.curve else None
-        self._replace(self.curves_path, curves, outcome.key, curve)
-        self._replace(self.results_path, rows, outcome.key, pl.DataFrame([outcome.row()]))
+        self._replace(self.curves_path, curves, outcome.key, self._curve_frame(outcome))
+        self._replace(self.results_path, rows, outcome.key, results_frame([outcome.row()]))
 
     def set_ensembles(self, rows: list[dict[str, Any]]) -> None:
         """Replace every ensemble row by `rows`, each keyed by its own trial_id (`ens-...`)."""
@@ -200,7 +246,7 @@ class ResultStore:
 
     @staticmethod
     def _ensemble_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-        return pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("trial_id").alias(KEY))
+        return results_frame(rows).with_columns(pl.col(TRIAL_ID).alias(KEY))
 
     def _replace(self, path: Path, old: pl.DataFrame, key: str, new: pl.DataFrame | None) -> None:
         if old.height:
@@ -212,8 +258,11 @@ class ResultStore:
         if not frames:
             return
         # Metrics differ between methods and statuses: missing columns become nulls.
-        merged = pl.concat(frames, how="diagonal_relaxed")
+        merged = concat(frames, self._declared(path))
+        label = self.label
+        if label is not None or STUDY not in merged.columns:
+            merged = merged.with_columns(pl.lit(label.name if label else None, pl.String).alias(STUDY))
+        merged = merged.select(STUDY, pl.exclude(STUDY))
         buffer = io.BytesIO()
-        merged.write_parquet(buffer)
+        merged.write_parquet(buffer, metadata=label.metadata() if label else None)
         atomic_write(path, buffer.getvalue())
-

@@ -38,8 +38,9 @@ from ptlab.study.layout import OPTUNA_JOURNAL, RERUN_DIR, SELECTION_FILE, STUDY_
 from ptlab.study.planned import refuse_if_changed, write_planned
 from ptlab.study.progress import Progress, write_driver
 from ptlab.study.reference import record_references
+from ptlab.study.schema import CELL_ID, CONFIG_JSON, KEY, PHASE, STATUS
 from ptlab.study.spec import StudySpec
-from ptlab.study.store import KEY, PHASE, ResultStore, TrialOutcome
+from ptlab.study.store import ResultStore, TrialOutcome
 from ptlab.study.trial import FINAL, TrialPlan, run_trial_fn
 
 SEARCH_PHASE, RERUN_PHASE = "search", "rerun"
@@ -574,8 +575,8 @@ def select_configs(spec: StudySpec, study_dir: Path) -> dict[str, Any]:
     problems = []
     for cell, *repeats in spec.cell_groups():
         label = cell_label(cell)
-        trials = rows.filter(pl.col("cell_id") == base.cell_id(spec.base.with_updates(cell))).sort(KEY)
-        ended = trials.filter(~pl.col("status").is_in([STATUS_PRUNED, STATUS_FAILED]))
+        trials = rows.filter(pl.col(CELL_ID) == base.cell_id(spec.base.with_updates(cell))).sort(KEY)
+        ended = trials.filter(~pl.col(STATUS).is_in([STATUS_PRUNED, STATUS_FAILED]))
         if metric in ended.columns:
             ended = ended.filter(pl.col(metric).is_not_null() & pl.col(metric).is_finite())
         else:
@@ -584,8 +585,8 @@ def select_configs(spec: StudySpec, study_dir: Path) -> dict[str, Any]:
             problems.append(f"{label} ({trials.height} search trials, none ended with a {metric})")
             continue
         row = ended.sort([metric, KEY], descending=[spec.search.mode == "max", False]).row(0, named=True)
-        config = TrialConfig.model_validate(json.loads(row["config_json"]))
-        statuses = trials["status"].to_list()
+        config = TrialConfig.model_validate(json.loads(row[CONFIG_JSON]))
+        statuses = trials[STATUS].to_list()
         cells[label] = {
             "cell": cell,
             "params": {path: field_value(config, path) for path in spec.search.space},
