@@ -540,49 +540,6 @@ def default_study_wall() -> dict:
     }
 
 
-@contextlib.contextmanager
-def _s3_server():
-    """moto's S3 server on 127.0.0.1 with a bucket `bench`; its endpoint and credentials in this environment."""
-    import shutil
-    import socket
-    import subprocess
-    import sys
-
-    from pyarrow import fs
-
-    server = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    if server is None:
-        raise RuntimeError("storage_cost needs moto's S3 server: pip install 'moto[server]' (in the dev extras)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                fs.FileSystem.from_uri("s3://bench?allow_bucket_creation=true")[0].create_dir("bench")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        yield
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def storage_cost() -> dict:
     """The fixed-lr default twin (studies/noise_grid_fixed.yaml) with its files in a local folder, then in S3.
 
@@ -594,7 +551,9 @@ def storage_cost() -> dict:
     from ptlab.study.storage import NODE_DIR_ENV
 
     path = Path(__file__).resolve().parents[1] / "studies" / "noise_grid_fixed.yaml"
-    with tempfile.TemporaryDirectory() as tmp, _s3_server():
+    from bench.s3 import local_s3_server
+
+    with tempfile.TemporaryDirectory() as tmp, local_s3_server("bench"):
         os.environ[NODE_DIR_ENV] = str(Path(tmp) / "node")  # forwarded to the cluster's workers
         try:
             with _ray_cluster() as connection:

@@ -232,15 +232,3 @@ def test_methods_that_encode_text_refuse_image_only_backbones_and_name_those_tha
     assert backbone_method_problem("lpt", "ViT-B-16-SigLIP:webli") is None
     assert backbone_method_problem("zeroshot", "ViT-L-14:laion2b_s32b_b82k") is None
     assert backbone_method_problem("coop", "world:tiny-rn") is None
-
-
-def test_run_refuses_a_text_method_on_an_image_only_backbone_before_loading(tmp_path):
-    from typer.testing import CliRunner
-
-    from ptlab.cli import app
-
-    config = tmp_path / "trial.yaml"
-    config.write_text("method: zeroshot\nbackbone: timm:vit_tiny_patch16_224:random\ndataset: world:shapes\n")
-    result = CliRunner().invoke(app, ["trial", "run", "--config", str(config)])
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "field backbone: backbone 'timm:vit_tiny_patch16_224:random' is a timm image encoder" in result.output

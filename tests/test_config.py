@@ -38,17 +38,24 @@ def test_empty_file_is_the_default_trial(tmp_path):
     assert load_trial_config(empty) == TrialConfig()
 
 
-def test_trial_run_refuses_misspelt_names_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("written, messages", [
+    ("method: coopp\nbackbone: world:tiny-rnn\n",
+     ["field method: unknown method 'coopp'; did you mean 'coop'?", "field backbone: unknown world backbone 'world:tiny-rnn'"]),
+    # refused before any weights are loaded
+    ("method: zeroshot\nbackbone: timm:vit_tiny_patch16_224:random\n",
+     ["field backbone: backbone 'timm:vit_tiny_patch16_224:random' is a timm image encoder"]),
+])
+def test_trial_run_refuses_bad_configs_without_a_traceback(tmp_path, written, messages):
     from typer.testing import CliRunner
 
     from ptlab.cli import app
 
     config = tmp_path / "trial.yaml"
-    config.write_text("method: coopp\nbackbone: world:tiny-rnn\ndataset: world:shapes\n")
+    config.write_text(written + "dataset: world:shapes\n")
     result = CliRunner().invoke(app, ["trial", "run", "--config", str(config)])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "field method: unknown method 'coopp'; did you mean 'coop'?" in result.output
-    assert "field backbone: unknown world backbone 'world:tiny-rnn'" in result.output
+    for message in messages:
+        assert message in result.output
 
 
 

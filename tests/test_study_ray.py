@@ -126,15 +126,18 @@ def live_placement_groups() -> list:
 
 
 def test_grid_inline_end_to_end_with_a_trial_that_keeps_failing(cluster, random_tiny_clip, tmp_path):
+    # a file that is there passes validation; that it holds no checkpoint shows when a trial loads it
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"not a checkpoint")
     spec = study(random_tiny_clip, name="grid_inline", seeds=[1, 2],
-                 factors={"backbone": [random_tiny_clip, "ckpt:/nonexistent/weights.pt"], "noise_rate": [0.0]})
+                 factors={"backbone": [random_tiny_clip, f"ckpt:{damaged}"], "noise_rate": [0.0]})
     assert run(spec, tmp_path, cluster)
 
     df = pl.read_parquet(tmp_path / "results.parquet")
     assert df.height == 4 and df["tune_trial_id"].n_unique() == 4 and df["trial_id"].n_unique() == 4
     failed = df.filter(pl.col("status") == "failed")
-    assert failed.height == 2 and set(failed["backbone"]) == {"ckpt:/nonexistent/weights.pt"}
-    assert all("no file at /nonexistent/weights.pt" in e for e in failed["error"])
+    assert failed.height == 2 and set(failed["backbone"]) == {f"ckpt:{damaged}"}
+    assert all(f"{damaged} is corrupt or not a ptlab checkpoint" in e for e in failed["error"])
     assert failed["attempts"].to_list() == [2, 2]  # tried, retried once, then recorded
     trained = df.filter(pl.col("status") != "failed")
     # random weights predict one class: chance level, flagged rather than averaged in

@@ -25,6 +25,8 @@ import pytest
 import yaml
 from test_study_storage import free_port
 
+from ptlab.study.cluster import LOOPBACK_ONLY_ENV
+
 pytestmark = pytest.mark.ray
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -76,6 +78,8 @@ def two_nodes(tmp_path_factory, s3_server):
     node_dir.mkdir()
     port, dashboard = free_port(), free_port()
     env = {**os.environ, "PTLAB_NODE_DIR": str(node_dir)}
+    # a local cluster started earlier in this process pinned Ray to one node (ptlab.study.cluster._bind_to_loopback)
+    env.pop(LOOPBACK_ONLY_ENV, None)
     head_log = open(root / "head.log", "w")
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
