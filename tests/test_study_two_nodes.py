@@ -144,6 +144,52 @@ def test_a_study_whose_trials_a_node_could_not_hand_back_is_refused_before_it_ru
     assert not (out / "results.parquet").exists() and not (out / "tune").exists()
 
 
+def test_a_search_of_train_jobs_streams_its_epochs_from_the_storage_for_asha(two_nodes, random_tiny_clip, tmp_path):
+    """Ray Train runner: a trial's Tune function and its Train worker may be on different nodes; ASHA reads
+    the epochs the worker wrote to the storage, and what it stops is pruned in results and in Optuna."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from ptlab.study.storage import StudyStorage
+
+    path = _study(tmp_path, random_tiny_clip, 4)
+    spec = yaml.safe_load(path.read_text())
+    spec.update(name="two_nodes_search", runner="train", factors={}, seeds=[1], noise_rate=0.25,
+                search={"space": {"lr": {"log_uniform": [1.0e-4, 10.0]}}, "samples": 4, "metric": "train_loss",
+                        "mode": "min", "asha": {"grace_period": 1, "reduction_factor": 2}})
+    path.write_text(yaml.safe_dump(spec))
+    uri = f"s3://ptlab/studies/search-{time.time_ns()}"
+    out = two_nodes["studies"] / "search"
+    run = _ptlab(["study", "run", str(path), "--address", two_nodes["address"], "--out", str(out), "--storage", uri],
+                 two_nodes["env"])
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output
+
+    rows = pl.read_parquet(out / "results.parquet")
+    assert rows.height == 4 and rows["tune_trial_id"].n_unique() == 4
+    assert "failed" not in set(rows["status"]), rows.select("status", "error")
+    assert (rows.filter(pl.col("status") == "pruned")["epochs_done"] < 4).all()
+    curves = pl.read_parquet(out / "curves.parquet")
+    assert set(curves["tune_trial_id"]) == set(rows["tune_trial_id"])
+    # the second node trained some of them, on its own disk
+    second = Path(f"/proc/{two_nodes['second'].pid}/root") / str(two_nodes["node_dir"]).lstrip("/") / "studies"
+    assert {p.name for p in second.glob("*/trials/*")} & set(rows["tune_trial_id"])
+
+    storage = StudyStorage(uri)
+    journal = tmp_path / "journal.log"
+    journal.write_bytes(storage.read_bytes("journal.log"))
+    trials = optuna.load_study(study_name="two_nodes_search", storage=JournalStorage(JournalFileBackend(str(journal)))).trials
+    states = {t.user_attrs["tune_trial_id"]: t.state for t in trials}
+    for key, status in zip(rows["tune_trial_id"], rows["status"], strict=True):
+        assert (states[key] == optuna.trial.TrialState.PRUNED) == (status == "pruned"), (key, status)
+    # ASHA judged every trial at its rungs (epochs 1 and 2) on values relayed from the storage
+    reached = dict(zip(rows["tune_trial_id"], rows["epochs_done"], strict=True))
+    for trial in trials:
+        rungs = {epoch for epoch in (1, 2) if epoch <= reached[trial.user_attrs["tune_trial_id"]]}
+        assert rungs <= set(trial.intermediate_values), (trial.number, trial.intermediate_values)
+
+
 def test_with_object_storage_every_trial_lands_even_when_a_node_is_lost(two_nodes, random_tiny_clip, tmp_path):
     from ptlab.study.storage import StudyStorage
 
