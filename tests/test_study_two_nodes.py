@@ -127,6 +127,15 @@ def _study(folder: Path, backbone: str, epochs: int) -> Path:
     return path
 
 
+def _on_second_node(two_nodes: dict, uri: str) -> Path:
+    """The trial folders a study with storage `uri` keeps on the second node's private disk, seen from outside it."""
+    from ptlab.study.storage import StudyStorage, node_dir
+
+    # where TrialFiles.on_node puts them, below PTLAB_NODE_DIR
+    relative = StudyStorage(uri).node_folder("trials").relative_to(node_dir())
+    return Path(f"/proc/{two_nodes['second'].pid}/root") / str(two_nodes["node_dir"]).lstrip("/") / relative
+
+
 def _ptlab(args: list[str], env: dict, **options) -> subprocess.Popen:
     return subprocess.Popen([PTLAB, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **options)
@@ -173,8 +182,7 @@ def test_a_search_of_train_jobs_streams_its_epochs_from_the_storage_for_asha(two
     curves = pl.read_parquet(out / "curves.parquet")
     assert set(curves["tune_trial_id"]) == set(rows["tune_trial_id"])
     # the second node trained some of them, on its own disk
-    second = Path(f"/proc/{two_nodes['second'].pid}/root") / str(two_nodes["node_dir"]).lstrip("/") / "studies"
-    assert {p.name for p in second.glob("*/trials/*")} & set(rows["tune_trial_id"])
+    assert {p.name for p in _on_second_node(two_nodes, uri).iterdir()} & set(rows["tune_trial_id"])
 
     storage = StudyStorage(uri)
     journal = tmp_path / "journal.log"
@@ -198,13 +206,12 @@ def test_with_object_storage_every_trial_lands_even_when_a_node_is_lost(two_node
     run = _ptlab(["study", "run", str(_study(tmp_path, random_tiny_clip, 40)), "--address", two_nodes["address"],
                   "--out", str(out), "--storage", uri], two_nodes["env"])
     second = two_nodes["second"]
-    # the second node's private disk, seen from outside its namespace
-    its_trials = Path(f"/proc/{second.pid}/root") / str(two_nodes["node_dir"]).lstrip("/") / "studies"
+    its_trials = _on_second_node(two_nodes, uri)
     deadline, lost = time.monotonic() + 300, []
     while time.monotonic() < deadline and run.poll() is None:
-        running = [p.parent for p in its_trials.glob("*/trials/*/checkpoint.pt") if not (p.parent / "record.json").exists()]
+        running = [p.parent for p in its_trials.glob("*/checkpoint.pt") if not (p.parent / "record.json").exists()]
         if running:
-            lost = [p.name for p in its_trials.glob("*/trials/*")]
+            lost = [p.name for p in its_trials.iterdir()]
             for pid in _session(second.pid):  # the machine goes: raylet, agents, workers at once
                 try:
                     os.kill(pid, signal.SIGKILL)
