@@ -245,3 +245,41 @@ def test_with_object_storage_every_trial_lands_even_when_a_node_is_lost(two_node
     assert report.returncode == 0, report.stdout + report.stderr
     assert (tmp_path / "from-storage" / "report" / "index.html").is_file()
     assert storage.read_bytes("report/index.html") is not None
+
+
+def test_a_study_continues_from_its_storage_after_its_drivers_machine_is_gone(two_nodes, random_tiny_clip, tmp_path):
+    import shutil
+
+    from ptlab.study.storage import StudyStorage
+
+    uri = f"s3://ptlab/studies/moved-{time.time_ns()}"
+    storage = StudyStorage(uri)
+    first = tmp_path / "first-machine"
+    run = _ptlab(["study", "run", str(_study(tmp_path, random_tiny_clip, 20)), "--address", two_nodes["address"],
+                  "--out", str(first), "--storage", uri], two_nodes["env"], start_new_session=True)
+    deadline, done = time.monotonic() + 300, []
+    while time.monotonic() < deadline and run.poll() is None:
+        # a trial has ended and the driver has published the study, Tune's state included
+        done = [name.split("/")[0] for name in storage.files_under("trials") if name.endswith("/record.json")]
+        tune_state = [name for name in storage.files_under("tune") if name.startswith("experiment_state-")]
+        if done and storage.read_bytes("results.parquet") and tune_state:
+            os.killpg(run.pid, signal.SIGKILL)
+            break
+        time.sleep(0.3)
+    run.communicate(timeout=60)
+    assert done, "no trial ended before the study did"
+    finished_before = set(pl.read_parquet(storage.read_bytes("results.parquet"))["tune_trial_id"])
+    shutil.rmtree(first)  # the machine is gone; only the storage is left
+
+    second = tmp_path / "second-machine"
+    resumed = _ptlab(["study", "resume", uri, "--address", two_nodes["address"], "--out", str(second)],
+                     two_nodes["env"])
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    rows = pl.read_parquet(second / "results.parquet")
+    assert rows.height == 4 and rows["tune_trial_id"].n_unique() == 4, rows
+    assert not set(rows["status"]) & {"failed", "pruned"}, rows.select("status", "error")
+    # what had finished is kept, not trained again
+    kept = rows.filter(pl.col("tune_trial_id").is_in(list(finished_before)))
+    assert kept.height == len(finished_before) and (kept["attempts"] == 1).all()
+    assert sorted(pl.read_parquet(storage.read_bytes("results.parquet"))["tune_trial_id"]) == sorted(rows["tune_trial_id"])

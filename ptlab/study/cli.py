@@ -212,16 +212,65 @@ def run(
 
 @app.command()
 def resume(
-    study_dir: Path = typer.Argument(..., help="Study folder of an interrupted run."),
+    study: str = typer.Argument(..., help="Study folder of an interrupted run, or the storage URI it ran with "
+                                "(s3://BUCKET/PREFIX: continued in --out, e.g. after its driver's machine is gone)."),
     address: str = typer.Option(None, help=ADDRESS_HELP),
     cpus: int = typer.Option(None, help=CPUS_HELP),
+    out: Path = typer.Option(None, help="With a storage URI: the study folder to continue in (default runs/<study name>)."),
 ):
     """Continue an interrupted study: finished trials are kept, unfinished ones resume from their checkpoints."""
-    study_dir = study_dir.resolve()
+    from ptlab.study.storage import is_uri
+
+    study_dir = _from_storage(study, out) if is_uri(study) else Path(study).resolve()
     if not (study_dir / STUDY_FILE).is_file():
         _fail(f"{study_dir}: not a study folder (no study.yaml); start a study with `ptlab study run STUDY.yaml`")
     spec = _load(study_dir / STUDY_FILE)
     _execute(spec, study_dir, address, cpus, "resume")
+
+
+def _from_storage(uri: str, out: Path | None) -> Path:
+    """A study folder made from what the storage holds: the study's files and Tune's state of each phase."""
+    import shutil
+    import tempfile
+
+    import yaml
+
+    from ptlab.study.layout import RERUN_DIR, TUNE_DIR
+    from ptlab.study.storage import StorageError, fetch_study_files, open_storage
+
+    try:
+        storage = open_storage(uri)
+        text = storage.read_bytes(STUDY_FILE)
+    except (OSError, StorageError) as err:
+        _fail(f"storage {uri}: {err}")
+    if text is None:
+        _fail(f"{uri}: no study there (no {STUDY_FILE}); give the --storage URI the study ran with")
+    name = (yaml.safe_load(text) or {}).get("name", "study")
+    study_dir = (out or Path("runs") / name).resolve()
+    if (study_dir / STUDY_FILE).is_file():
+        _fail(f"{study_dir} already holds a study; resume it with `ptlab study resume {study_dir}`, "
+              "or give another folder with --out")
+    if study_dir.exists() and any(study_dir.iterdir()):
+        _fail(f"{study_dir} is not empty; give an empty or new folder with --out")
+    study_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{study_dir.name}-from-storage-", dir=study_dir.parent))
+    try:
+        fetch_study_files(storage, staging, experiments=True)
+        # Tune's state is published once a minute: a phase can have begun before its first state reached the storage
+        unsaved = [d.name for d in (staging / TUNE_DIR, staging / RERUN_DIR)
+                   if (d / "tuner.pkl").is_file() and not any(d.glob("experiment_state-*.json"))]
+        if unsaved:
+            _fail(f"{uri}: Ray Tune's state of {', '.join(unsaved)} never reached the storage (it is copied there once a "
+                  "minute): this study cannot be continued from the storage; its finished trials are in "
+                  f"{storage.display('results.parquet')}")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if study_dir.exists():
+        study_dir.rmdir()
+    staging.rename(study_dir)  # whole or not at all: a failed copy leaves no half study folder
+    typer.echo(f"copied {uri} into {study_dir}")
+    return study_dir
 
 
 @app.command()

@@ -222,27 +222,32 @@ def study_files() -> list[str]:
     return own + [f"{layout.REFERENCE_DIR}/{name}" for name in (layout.RESULTS, layout.CURVES)]
 
 
-def publish_study_files(study_dir: Path, storage: StudyStorage) -> int:
-    """Copy the study's own files and its report to the storage; returns how many files."""
-    from ptlab.study.layout import REPORT_DIR
+def publish_study_files(study_dir: Path, storage: StudyStorage, experiments: bool = False) -> int:
+    """Copy the study's own files and its report to the storage, and with `experiments` Ray Tune's state
+    of each phase (what a driver on another machine resumes from); returns how many files."""
+    from ptlab.study.layout import REPORT_DIR, RERUN_DIR, TUNE_DIR
 
     copied = 0
     for name in study_files():
         if (study_dir / name).is_file():
             storage.put_file(study_dir / name, name)
             copied += 1
-    if (study_dir / REPORT_DIR).is_dir():
-        copied += storage.put_tree(study_dir / REPORT_DIR, REPORT_DIR)
+    for folder in (REPORT_DIR, *((TUNE_DIR, RERUN_DIR) if experiments else ())):
+        if (study_dir / folder).is_dir():
+            copied += storage.put_tree(study_dir / folder, folder)
     return copied
 
 
-def fetch_study_files(storage: StudyStorage, study_dir: Path) -> int:
-    """The study's own files from its storage into a local folder (what a report reads); returns how many."""
-    from ptlab.study.layout import STUDY_FILE
+def fetch_study_files(storage: StudyStorage, study_dir: Path, experiments: bool = False) -> int:
+    """The study's own files from its storage into a local folder (what a report reads), with `experiments`
+    also Tune's state of each phase (what `ptlab study resume` restores); returns how many."""
+    from ptlab.study.layout import RERUN_DIR, STUDY_FILE, TUNE_DIR
 
     fetched = sum(storage.get_file(name, study_dir / name) for name in study_files())
     if not (study_dir / STUDY_FILE).is_file():
         raise StorageError(f"{storage.display(STUDY_FILE)}: no study there; give the --storage URI a study ran with")
+    for folder in (TUNE_DIR, RERUN_DIR) if experiments else ():
+        fetched += storage.get_tree(folder, study_dir / folder)
     return fetched
 
 

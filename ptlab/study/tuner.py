@@ -174,22 +174,28 @@ class Recorder(tune.Callback):
             publish_study(self.plan, throttle_s=PUBLISH_EVERY_S)
 
 
-# A study's own files go to its storage at most this often while trials end (each is rewritten whole), and always when a phase ends.
+# A study's own files go to its storage at most this often while trials end (each is rewritten whole), and
+# always when a phase ends; Tune's state of the phase (a file per trial and more) less often.
 PUBLISH_EVERY_S = 10.0
-_published_at: dict[str, float] = {}
+PUBLISH_EXPERIMENT_EVERY_S = 60.0
+_published_at: dict[tuple[str, bool], float] = {}
 
 
 def publish_study(plan: TrialPlan, throttle_s: float = 0.0) -> None:
-    """Copy the study's own files (results, curves, journal, selection...) to its storage, if it has one."""
+    """Copy the study's own files (results, curves, journal, selection...) to its storage, if it has one,
+    and now and then Tune's state, from which `ptlab study resume URI` continues on another machine."""
     if not plan.storage:
         return
     now = time.monotonic()
-    if now - _published_at.get(plan.study_dir, -math.inf) < throttle_s:
+    if now - _published_at.get((plan.study_dir, False), -math.inf) < throttle_s:
         return
     from ptlab.study.storage import open_storage, publish_study_files
 
-    publish_study_files(Path(plan.study_dir), open_storage(plan.storage))
-    _published_at[plan.study_dir] = now
+    experiments = throttle_s == 0 or now - _published_at.get((plan.study_dir, True), -math.inf) >= PUBLISH_EXPERIMENT_EVERY_S
+    publish_study_files(Path(plan.study_dir), open_storage(plan.storage), experiments=experiments)
+    _published_at[(plan.study_dir, False)] = now
+    if experiments:
+        _published_at[(plan.study_dir, True)] = now
 
 
 def spec_summary(spec: StudySpec, phase: str = "") -> dict[str, Any]:
@@ -538,7 +544,9 @@ def record_all(spec: StudySpec, study_dir: Path, results, phase: str = "") -> in
     done = store.keys()
     added = 0
     for result in results:
-        key = Path(result.path).name
+        # Tune's trial id, not its folder's name: a trial restored from older Tune state than its folder
+        # (a study continued from its storage) gets a folder with a suffix
+        key = (result.metrics or {}).get("trial_id") or Path(result.path).name
         if key in done:
             continue
         error = str(result.error) if result.error else None
