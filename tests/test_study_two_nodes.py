@@ -52,17 +52,13 @@ def _session(sid: int) -> list[int]:
 
 
 def _end(process: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _session(process.pid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+    # every process of the node at once: `ray start --block` given SIGTERM would drain the node for 30 s first
+    for pid in _session(process.pid):
         try:
-            process.wait(timeout=60)
-            break
-        except subprocess.TimeoutExpired:
-            continue
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait(timeout=60)
     deadline = time.monotonic() + 30
     while _session(process.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -255,7 +251,7 @@ def test_a_study_continues_from_its_storage_after_its_drivers_machine_is_gone(tw
     uri = f"s3://ptlab/studies/moved-{time.time_ns()}"
     storage = StudyStorage(uri)
     first = tmp_path / "first-machine"
-    run = _ptlab(["study", "run", str(_study(tmp_path, random_tiny_clip, 20)), "--address", two_nodes["address"],
+    run = _ptlab(["study", "run", str(_study(tmp_path, random_tiny_clip, 10)), "--address", two_nodes["address"],
                   "--out", str(first), "--storage", uri], two_nodes["env"], start_new_session=True)
     deadline, done = time.monotonic() + 300, []
     while time.monotonic() < deadline and run.poll() is None:
