@@ -172,7 +172,8 @@ class FeatureCache:
         known = {} if payload is None else {int(i): k for k, i in enumerate(payload["index"].tolist())}
         missing = np.array(sorted({int(i) for i in indices} - known.keys()), dtype=np.int64)
         if len(missing) and self.shared is not None:
-            payload, known, missing = self._from_shared(path, payload, known, indices)
+            payload, known = self._from_shared(path, payload, known)
+            missing = np.array(sorted({int(i) for i in indices} - known.keys()), dtype=np.int64)
         if len(missing):
             pixels = load_pixels(split, missing, self._eval if view == 0 else self.train_transform, view)
             new = encode_images(self.backbone, pixels)
@@ -190,18 +191,17 @@ class FeatureCache:
     def _shared_name(self, path: Path) -> str:
         return path.relative_to(self.root / "features").as_posix()
 
-    def _from_shared(self, path: Path, payload: dict | None, known: dict, indices: np.ndarray):
-        """The shared copy of the file where it holds every image this one does and more; else this one."""
+    def _from_shared(self, path: Path, payload: dict | None, known: dict) -> tuple[dict | None, dict]:
+        """The shared copy of the file (payload, index -> row) where it holds every image this one does and more; else this one."""
         fetched = path.with_name(path.name + ".shared")
         if not self.shared.fetch(self._shared_name(path), fetched):
-            return payload, known, np.array(sorted({int(i) for i in indices} - known.keys()), dtype=np.int64)
+            return payload, known
         theirs = self._read(fetched)
         fetched.unlink(missing_ok=True)
-        if theirs is not None and set(theirs["index"].tolist()) > set(known):
-            self._write(path, theirs["features"], theirs["index"])
-            payload = theirs
-            known = {int(i): k for k, i in enumerate(theirs["index"].tolist())}
-        return payload, known, np.array(sorted({int(i) for i in indices} - known.keys()), dtype=np.int64)
+        if theirs is None or not set(theirs["index"].tolist()) > set(known):
+            return payload, known
+        self._write(path, theirs["features"], theirs["index"])
+        return theirs, {int(i): k for k, i in enumerate(theirs["index"].tolist())}
 
     def view_features(self, split: Split, indices, views: int) -> torch.Tensor:
         """(views, len(indices), E) features of the augmented views 1..views."""

@@ -208,15 +208,16 @@ def check_nodes_reach(study_dir: Path, storage: str | None, connection: RayConne
     target = storage or str(study_dir)
     reader = open_storage(target)
     token = uuid.uuid4().hex
+    probes = {n["NodeID"]: f".probe/{n['NodeID'][:12]}-{token[:8]}" for n in nodes}
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe_write)
-    pending = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-               .remote(target, f".probe/{n['NodeID'][:12]}-{token[:8]}", token) for n in nodes}
+    pending = {node: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+               .remote(target, relative, token) for node, relative in probes.items()}
     fix = ("give the study a storage every node reaches: --storage s3://BUCKET/PREFIX (endpoint and credentials from "
            "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), gs://..., or a path every node mounts (README: Studies on a cluster)")
     try:
         for node in nodes:
             where = f"node {node['NodeManagerAddress']} ({node.get('NodeManagerHostname', '?')}, id {node['NodeID'][:12]})"
-            relative = f".probe/{node['NodeID'][:12]}-{token[:8]}"
+            relative = probes[node["NodeID"]]
             try:
                 error = ray.get(pending[node["NodeID"]], timeout=120)
             except (ray.exceptions.RayError, TimeoutError) as err:
@@ -230,9 +231,9 @@ def check_nodes_reach(study_dir: Path, storage: str | None, connection: RayConne
                                    f"that node's trials would write results the driver never reads. The study folder "
                                    f"is not shared with it; {fix}")
     finally:
-        for node in nodes:
+        for relative in probes.values():
             try:
-                reader.filesystem.delete_file(reader.path(f".probe/{node['NodeID'][:12]}-{token[:8]}"))
+                reader.filesystem.delete_file(reader.path(relative))
             except OSError:
                 pass
         if reader.is_local:

@@ -81,13 +81,8 @@ class StudyStorage:
         try:
             with self.filesystem.open_input_stream(self.path(relative)) as stream:
                 return stream.read()
-        except FileNotFoundError:
+        except FileNotFoundError:  # what pyarrow raises for a missing file or key, on every file system
             return None
-        except OSError as err:
-            # object stores report a missing key with their own wording
-            if "not found" in str(err).lower() or "no such" in str(err).lower():
-                return None
-            raise
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         target = self.path(relative)
