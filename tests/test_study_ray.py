@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ import pytest
 import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from processes import free_port, kill_session
 
 from ptlab.study.spec import validate_study
 
@@ -32,12 +31,6 @@ pytestmark = pytest.mark.ray
 # joining one must (the token itself is ~/.ray/auth_token). Ray reads this once,
 # when first imported, so it is set while tests are collected, before any import.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +66,8 @@ def cluster(tmp_path_factory):
         yield connection
     finally:
         ray.shutdown()
-        # The head runs in its own session: signal just the processes it started, all at
-        # once (`ray start --block` alone would first drain the node for 30 s).
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        kill_session(head.pid)  # the head runs in its own session: the processes it started, at once
+        head.wait(timeout=60)
         log.close()
 
 

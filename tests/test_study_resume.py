@@ -7,11 +7,8 @@ the token.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +21,7 @@ import polars as pl
 import pytest
 import torch
 import yaml
+from processes import kill_session, session_processes
 
 pytestmark = pytest.mark.ray
 
@@ -66,31 +64,6 @@ class Driver:
         code = self.proc.wait(timeout=timeout)
         self.reader.join(timeout=10)
         return code
-
-
-def session_processes(sid: int) -> list[int]:
-    """The running processes of a session (zombies do not run)."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _, _, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
-        except (OSError, ValueError):  # the process ended while being read
-            continue
-        if int(session) == sid and state != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
-
-
-def kill_session(sid: int, timeout: float = 60) -> None:
-    """SIGKILL every process of a session until none is left running."""
-    deadline = time.monotonic() + timeout
-    while alive := session_processes(sid):
-        if time.monotonic() > deadline:
-            pytest.fail(f"processes {alive} of session {sid} survive SIGKILL")
-        for pid in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
 
 
 def listening_sockets(pids: list[int]) -> list[tuple[str, str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import numpy as np
@@ -12,12 +11,6 @@ import torch
 
 from ptlab.study.storage import StorageMirror, StudyStorage, storage_problem
 from ptlab.study.trial import TrialFiles
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(params=["local", "s3"])

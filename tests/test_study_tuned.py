@@ -390,10 +390,11 @@ def test_resume_after_kill_9_in_each_phase_repeats_and_loses_nothing(tmp_path):
 
     Also the inline runner's tuned grid end to end: the finished study passes every check of the one above.
     """
-    from test_study_resume import Driver, kill_session, wait_for
+    from processes import kill_session
+    from test_study_resume import Driver, wait_for
 
     spec_fields = tuned(name="tuned_resume", shots=4, seeds=[1, 2, 3],
-                        train={"epochs": 40, "views": 1, "batch_size": 2, "augment": False},
+                        train={"epochs": 20, "views": 1, "batch_size": 2, "augment": False},
                         search={**TUNED["search"], "asha": {"grace_period": 2, "reduction_factor": 2}})
     spec = validate_study(spec_fields)
     study_file, study_dir = tmp_path / "tuned.yaml", tmp_path / "run"

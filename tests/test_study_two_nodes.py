@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from test_study_storage import free_port
+from processes import free_port, kill_session
 
 from ptlab.study.cluster import LOOPBACK_ONLY_ENV
 
@@ -36,32 +36,6 @@ PTLAB = str(Path(sys.executable).parent / "ptlab")
 
 def _can_unshare() -> bool:
     return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
-
-
-def _session(sid: int) -> list[int]:
-    """Processes of a session: a node's `ray start`, its raylet, agents and workers."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _end(process: subprocess.Popen) -> None:
-    # every process of the node at once: `ray start --block` given SIGTERM would drain the node for 30 s first
-    for pid in _session(process.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait(timeout=60)
-    deadline = time.monotonic() + 30
-    while _session(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +71,8 @@ def two_nodes(tmp_path_factory, s3_server):
     finally:
         for process in (second, head):
             if process is not None:
-                _end(process)
+                kill_session(process.pid)
+                process.wait(timeout=60)
         head_log.close()
         second_log.close()
 
@@ -208,11 +183,7 @@ def test_with_object_storage_every_trial_lands_even_when_a_node_is_lost(two_node
         running = [p.parent for p in its_trials.glob("*/checkpoint.pt") if not (p.parent / "record.json").exists()]
         if running:
             lost = [p.name for p in its_trials.iterdir()]
-            for pid in _session(second.pid):  # the machine goes: raylet, agents, workers at once
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_session(second.pid)  # the machine goes: raylet, agents, workers at once
             break
         time.sleep(0.2)
     output, _ = run.communicate(timeout=600)
