@@ -120,31 +120,32 @@ def _check_names(data: dict, config: Path) -> None:
 @world_app.command("pretrain")
 def world_pretrain(
     backbone: str = typer.Option("tiny-rn", help="tiny-rn or tiny-vit."),
-    steps: int = typer.Option(None, help="Optimisation steps (default: the shipped recipe's)."),
+    steps: int = typer.Option(None, help="Optimisation steps on captions (default: the recipe's)."),
     out: Path = typer.Option(None, help="Folder for the weights (default: overwrite the shipped ones)."),
     threads: int = typer.Option(None, help="Torch threads; results are reproducible for a fixed count."),
     skip_card: bool = typer.Option(False, help="Do not measure zero-shot accuracies for the model card."),
-    recipe: str = typer.Option("shipped", help="shipped: the recipe of the shipped weights; lit: the "
-                                               "locked-image recipe (caption-free image tower, then the text tower)."),
+    recipe: str = typer.Option("shipped", help="shipped: the recipe of the shipped weights (LiT: a caption-free "
+                                               "image tower, locked, then the text tower); joint: the first "
+                                               "edition's, both towers together on captions."),
+    checkpoint_dir: Path = typer.Option(None, help="Save the training state here as it goes; a rerun resumes "
+                                                   "from it bit-identically (a finished image tower is reused)."),
 ):
     """Pretrain a tiny CLIP on world captions, save it in open_clip's local-dir layout, write its model card."""
     from dataclasses import replace
 
-    from ptlab.world.pretrain import LIT_RECIPES, MODEL_CFGS, SHIPPED_RECIPES, pretrain, save
+    from ptlab.world.pretrain import JOINT_RECIPES, MODEL_CFGS, SHIPPED_RECIPES, pretrain, save
 
     if backbone not in MODEL_CFGS:
         _fail(f"--backbone {backbone!r}: expected one of {', '.join(MODEL_CFGS)}")
-    recipes = {"shipped": SHIPPED_RECIPES, "lit": LIT_RECIPES}
+    recipes = {"shipped": SHIPPED_RECIPES, "joint": JOINT_RECIPES}
     if recipe not in recipes:
         _fail(f"--recipe {recipe!r}: expected one of {', '.join(recipes)}")
-    if backbone not in recipes[recipe]:
-        _fail(f"--recipe {recipe}: has no recipe for {backbone} yet (it has {', '.join(recipes[recipe])})")
     cfg = recipes[recipe][backbone]
     if steps is not None:
         cfg = replace(cfg, steps=steps)
     if threads is not None:
         cfg = replace(cfg, threads=threads)
-    model, record = pretrain(cfg, log=typer.echo)
+    model, record = pretrain(cfg, log=typer.echo, checkpoint_dir=checkpoint_dir)
     folder = save(model, backbone, record, out)
     typer.echo(f"saved {folder}")
     if not skip_card:

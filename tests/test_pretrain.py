@@ -72,9 +72,9 @@ def test_world_card_remeasures_and_keeps_the_training_record(tmp_path, monkeypat
 def test_lit_pretraining_locks_the_image_tower_and_resumes_identically(tmp_path):
     from dataclasses import replace
 
-    from ptlab.world.pretrain import LIT_RECIPES
+    from ptlab.world.pretrain import SHIPPED_RECIPES
 
-    cfg = replace(LIT_RECIPES["tiny-rn"], image_steps=12, steps=12, batch_size=16, pool_size=300)
+    cfg = replace(SHIPPED_RECIPES["tiny-rn"], image_steps=12, steps=12, batch_size=16, pool_size=300)
     model, record = pretrain(cfg, log=lambda m: None, checkpoint_dir=tmp_path, checkpoint_every=5)
     stages = record["stages"]
     assert stages["image_tower"]["steps"] == 12 and stages["text_tower"]["steps"] == 12
@@ -126,15 +126,19 @@ def test_world_pretrain_cli_runs_the_chosen_recipe(monkeypatch, tmp_path):
 
     seen = []
 
-    def pretrain_spy(cfg, log):
-        seen.append(cfg)
+    def pretrain_spy(cfg, log, checkpoint_dir):
+        seen.append((cfg, checkpoint_dir))
         raise Stop
 
     monkeypatch.setattr(pretrain_module, "pretrain", pretrain_spy)
-    run = CliRunner().invoke(cli.app, ["world", "pretrain", "--recipe", "lit", "--steps", "7", "--out", str(tmp_path)])
+    run = CliRunner().invoke(cli.app, ["world", "pretrain", "--steps", "7", "--out", str(tmp_path),
+                                       "--checkpoint-dir", str(tmp_path / "state")])
     assert isinstance(run.exception, Stop), run.output
-    assert seen == [replace(pretrain_module.LIT_RECIPES["tiny-rn"], steps=7)] and seen[0].image_steps > 0
-    refused = CliRunner().invoke(cli.app, ["world", "pretrain", "--recipe", "lit", "--backbone", "tiny-vit"])
-    assert refused.exit_code == 2 and "no recipe for tiny-vit" in refused.output
+    # the shipped weights' recipe by default: LiT, an image stage before the caption steps
+    assert seen[-1] == (replace(pretrain_module.SHIPPED_RECIPES["tiny-rn"], steps=7), tmp_path / "state")
+    assert seen[-1][0].image_steps > 0 and seen[-1][0].captions == "lit"
+    run = CliRunner().invoke(cli.app, ["world", "pretrain", "--recipe", "joint", "--backbone", "tiny-vit"])
+    assert isinstance(run.exception, Stop), run.output
+    assert seen[-1] == (pretrain_module.JOINT_RECIPES["tiny-vit"], None) and seen[-1][0].image_steps == 0
     unknown = CliRunner().invoke(cli.app, ["world", "pretrain", "--recipe", "liT"])
-    assert unknown.exit_code == 2 and "expected one of shipped, lit" in unknown.output
+    assert unknown.exit_code == 2 and "expected one of shipped, joint" in unknown.output
